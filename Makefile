@@ -1,0 +1,29 @@
+# rlm_cap — the two front-door commands:
+#   make demo   the main job on the embedded SQLite default
+#   make test   installs what is missing (MariaDB, the virtualenv) and runs every test
+VENV ?= .venv
+PYTHON ?= python3
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: test demo venv mariadb clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(STAMP)
+
+mariadb:
+	sh .ci/ensure-mariadb
+
+test: venv mariadb
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+demo: venv
+	$(VENV)/bin/python -m cli.demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

@@ -1,0 +1,878 @@
+"""All SQL of rlm_cap: the schema as SQLAlchemy Core metadata and one function per operation.
+
+The metadata equals ``schema.sql`` (tests/test_schema.py compares them on
+MariaDB). Every function takes an open ``Connection`` inside a transaction
+that its caller owns (``transaction()``), so a multi-row change commits or
+rolls back as one. Rows that a change reads and then writes are read with
+``FOR UPDATE`` (MariaDB); SQLite transactions begin ``IMMEDIATE``, so there a
+single writer holds the lock from the first statement.
+"""
+
+from __future__ import annotations
+
+import time as _time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Iterator
+
+from sqlalchemy import (
+    BigInteger, Boolean, Column, DateTime, ForeignKey, Index, Integer, MetaData,
+    Numeric, PrimaryKeyConstraint, SmallInteger, String, Table, Text, Time,
+    TypeDecorator, UniqueConstraint, and_, create_engine, event, func, or_,
+    select, text, update,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from . import counters
+from .periods import ALL_DAYS, DAY_NAMES, TimeFrame
+from .policy import Bucket, NotificationRule, Plan, TopupPlan
+
+MYSQL = ("mysql", "mariadb")
+
+
+def _unsigned(generic, mysql_type):
+    return generic.with_variant(mysql_type, *MYSQL)
+
+
+INT = _unsigned(Integer(), mysql.INTEGER(unsigned=True))
+BIGINT = _unsigned(BigInteger(), mysql.BIGINT(unsigned=True))
+# SQLite autoincrements only an INTEGER PRIMARY KEY.
+BIGINT_ID = BIGINT.with_variant(Integer(), "sqlite")
+TINYINT = _unsigned(SmallInteger(), mysql.TINYINT(unsigned=True))
+SMALLINT = _unsigned(SmallInteger(), mysql.SMALLINT(unsigned=True))
+
+
+def BINARY_STRING(length: int):
+    """RADIUS strings: compared and stored byte-exact (case and accents matter)."""
+    return String(length).with_variant(mysql.VARCHAR(length, collation="utf8mb4_bin"), *MYSQL)
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware datetimes in, aware UTC datetimes out; stored as naive UTC."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name in MYSQL:
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime())
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: rlm_cap stores only aware times")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else value.replace(tzinfo=timezone.utc)
+
+
+class Money(TypeDecorator):
+    """Decimal with 2 places. SQLite has no decimal type: stored there as text."""
+
+    impl = Numeric(14, 2)
+    cache_ok = True
+
+    def __init__(self, scale: int = 2):
+        super().__init__()
+        self.scale = scale
+        self.impl = Numeric(14, scale)
+        self._quantum = Decimal(1).scaleb(-scale)
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(40))
+        return dialect.type_descriptor(Numeric(14, self.scale, asdecimal=True))
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        value = Decimal(value).quantize(self._quantum, rounding=ROUND_HALF_UP)
+        return str(value) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else Decimal(value).quantize(self._quantum)
+
+
+metadata = MetaData()
+_TABLE_ARGS = dict(mysql_engine="InnoDB", mysql_charset="utf8mb4", mysql_collate="utf8mb4_unicode_ci")
+
+
+def _table(name, *columns, **kwargs):
+    return Table(name, metadata, *columns, **_TABLE_ARGS, **kwargs)
+
+
+def _default(value: str):
+    return text(value)
+
+
+nas = _table(
+    "nas",
+    Column("id", INT, primary_key=True, autoincrement=True),
+    Column("nasname", String(128), nullable=False),
+    Column("shortname", String(32)),
+    Column("type", String(30), server_default="other"),
+    Column("ports", Integer),
+    Column("secret", String(60), nullable=False, server_default="secret"),
+    Column("server", String(64)),
+    Column("community", String(50)),
+    Column("description", String(200), server_default="RADIUS Client"),
+    Column("coa_port", INT, nullable=False, server_default=_default("3799")),
+    Index("ix_nas_nasname", "nasname"),
+)
+
+partners = _table(
+    "partners",
+    Column("id", INT, primary_key=True, autoincrement=True),
+    Column("name", String(100), nullable=False),
+    UniqueConstraint("name", name="uq_partners_name"),
+)
+
+customers = _table(
+    "customers",
+    Column("id", INT, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False),
+    Column("email", String(254)),
+    Column("phone", String(32)),
+    Column("partner_id", INT, ForeignKey("partners.id", name="fk_customers_partner")),
+    Column("balance", Money(), nullable=False, server_default=_default("0")),
+    Column("auto_topup", Boolean, nullable=False, server_default=_default("0")),
+    Column("billing_day", TINYINT),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("name", name="uq_customers_name"),
+    Index("ix_customers_partner_id", "partner_id"),
+)
+
+plans = _table(
+    "plans",
+    Column("id", INT, primary_key=True, autoincrement=True),
+    Column("name", String(100), nullable=False),
+    Column("monthly_limit", BIGINT),
+    Column("direction", String(8), nullable=False, server_default="up+down"),
+    Column("action", String(8), nullable=False, server_default="block"),
+    Column("fixed_rate", String(64)),
+    Column("reduce_percent", TINYINT, nullable=False, server_default=_default("0")),
+    Column("normal_rate", String(64)),
+    Column("bonus_limit", BIGINT, nullable=False, server_default=_default("0")),
+    Column("bonus_unlimited", Boolean, nullable=False, server_default=_default("0")),
+    Column("bonus_after_cap", Boolean, nullable=False, server_default=_default("0")),
+    Column("rollover", Boolean, nullable=False, server_default=_default("0")),
+    Column("auto_topup_plan_id", INT),
+    Column("auto_topup_trigger_percent", TINYINT, nullable=False, server_default=_default("0")),
+    Column("compensate", Boolean, nullable=False, server_default=_default("0")),
+    Column("overuse_price_per_gb", Money(4), nullable=False, server_default=_default("0")),
+    UniqueConstraint("name", name="uq_plans_name"),
+)
+
+plan_time_frames = _table(
+    "plan_time_frames",
+    Column("id", INT, primary_key=True, autoincrement=True),
+    Column("plan_id", INT, ForeignKey("plans.id", name="fk_plan_time_frames_plan", ondelete="CASCADE"),
+           nullable=False),
+    Column("start_time", Time, nullable=False),
+    Column("end_time", Time, nullable=False),
+    Column("days", String(32), nullable=False, server_default="all"),
+    Index("ix_plan_time_frames_plan_id", "plan_id"),
+)
+
+topup_plans = _table(
+    "topup_plans",
+    Column("id", INT, primary_key=True, autoincrement=True),
+    Column("plan_id", INT, ForeignKey("plans.id", name="fk_topup_plans_plan", ondelete="CASCADE"),
+           nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("size", BIGINT, nullable=False),
+    Column("price", Money(), nullable=False),
+    Column("valid_months", SMALLINT),
+    Column("category", String(64), nullable=False, server_default="Top-up"),
+    Column("add_to_invoice", Boolean, nullable=False, server_default=_default("0")),
+    UniqueConstraint("plan_id", "name", name="uq_topup_plans_plan_name"),
+)
+
+notification_rules = _table(
+    "notification_rules",
+    Column("id", INT, primary_key=True, autoincrement=True),
+    Column("plan_id", INT, ForeignKey("plans.id", name="fk_notification_rules_plan", ondelete="CASCADE"),
+           nullable=False),
+    Column("source", String(20), nullable=False),
+    Column("threshold_percent", TINYINT, nullable=False, server_default=_default("0")),
+    Column("channel", String(8), nullable=False, server_default="email"),
+    Column("subject", String(200), nullable=False, server_default=""),
+    Column("body", Text, nullable=False),
+    Index("ix_notification_rules_plan_id", "plan_id"),
+)
+
+services = _table(
+    "services",
+    Column("id", INT, primary_key=True, autoincrement=True),
+    Column("customer_id", INT, ForeignKey("customers.id", name="fk_services_customer"), nullable=False),
+    Column("plan_id", INT, ForeignKey("plans.id", name="fk_services_plan"), nullable=False),
+    Column("username", BINARY_STRING(253), nullable=False),
+    Column("description", String(200), nullable=False, server_default=""),
+    Column("status", String(16), nullable=False, server_default="active"),
+    Column("cap_state", String(16), nullable=False, server_default="ok"),
+    Column("state_changed_at", UTCDateTime),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("username", name="uq_services_username"),
+    Index("ix_services_customer_id", "customer_id"),
+    Index("ix_services_plan_id", "plan_id"),
+)
+
+sessions = _table(
+    "sessions",
+    Column("id", BIGINT_ID, primary_key=True, autoincrement=True),
+    Column("nas", BINARY_STRING(128), nullable=False),
+    Column("acct_session_id", BINARY_STRING(128), nullable=False),
+    Column("username", BINARY_STRING(253), nullable=False),
+    Column("service_id", INT, ForeignKey("services.id", name="fk_sessions_service")),
+    Column("input_total", BIGINT, nullable=False, server_default=_default("0")),
+    Column("output_total", BIGINT, nullable=False, server_default=_default("0")),
+    Column("counter_time", INT),
+    Column("last_time", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("closed", String(16)),
+    Column("framed_ip", String(45)),
+    Column("nas_ip", String(45)),
+    Index("ix_sessions_key", "nas", "acct_session_id", "username"),
+    Index("ix_sessions_service_closed", "service_id", "closed"),
+    Index("ix_sessions_nas_closed", "nas", "closed"),
+)
+
+periods = _table(
+    "periods",
+    Column("id", BIGINT_ID, primary_key=True, autoincrement=True),
+    Column("service_id", INT, ForeignKey("services.id", name="fk_periods_service"), nullable=False),
+    Column("period_start", UTCDateTime, nullable=False),
+    Column("period_end", UTCDateTime, nullable=False),
+    *(Column(name, BIGINT, nullable=False, server_default=_default("0")) for name in (
+        "upload_bytes", "download_bytes", "counted_bytes", "bonus_bytes", "free_bytes", "overuse_bytes")),
+    Column("closed_at", UTCDateTime),
+    UniqueConstraint("service_id", "period_start", name="uq_periods_service_start"),
+    Index("ix_periods_end_closed", "period_end", "closed_at"),
+)
+
+buckets = _table(
+    "buckets",
+    Column("id", BIGINT_ID, primary_key=True, autoincrement=True),
+    Column("service_id", INT, ForeignKey("services.id", name="fk_buckets_service"), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("size", BIGINT, nullable=False),
+    Column("used", BIGINT, nullable=False, server_default=_default("0")),
+    Column("valid_from", UTCDateTime, nullable=False),
+    Column("valid_until", UTCDateTime),
+    Column("period_start", UTCDateTime),
+    Column("origin", String(16), nullable=False),
+    Column("topup_plan_id", INT),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("service_id", "kind", "period_start", name="uq_buckets_period"),
+    Index("ix_buckets_service_valid", "service_id", "valid_until"),
+)
+
+history = _table(
+    "history",
+    Column("id", BIGINT_ID, primary_key=True, autoincrement=True),
+    Column("service_id", INT, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("kind", String(24), nullable=False),
+    Column("size", BigInteger),
+    Column("amount", Money()),
+    Column("bucket_id", BIGINT),
+    Column("actor", String(64), nullable=False),
+    Column("detail", String(500), nullable=False, server_default=""),
+    Index("ix_history_service_at", "service_id", "at"),
+)
+
+settings = _table(
+    "settings",
+    Column("scope", String(16), nullable=False),
+    Column("scope_id", INT, nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("value", String(1000), nullable=False),
+    PrimaryKeyConstraint("scope", "scope_id", "name"),
+)
+
+transactions = _table(
+    "transactions",
+    Column("id", BIGINT_ID, primary_key=True, autoincrement=True),
+    Column("customer_id", INT, ForeignKey("customers.id", name="fk_transactions_customer"), nullable=False),
+    Column("service_id", INT),
+    Column("at", UTCDateTime, nullable=False),
+    Column("amount", Money(), nullable=False),
+    Column("category", String(64), nullable=False),
+    Column("description", String(500), nullable=False),
+    Index("ix_transactions_customer_at", "customer_id", "at"),
+)
+
+invoice_items = _table(
+    "invoice_items",
+    Column("id", BIGINT_ID, primary_key=True, autoincrement=True),
+    Column("customer_id", INT, ForeignKey("customers.id", name="fk_invoice_items_customer"), nullable=False),
+    Column("service_id", INT),
+    Column("at", UTCDateTime, nullable=False),
+    Column("amount", Money(), nullable=False),
+    Column("category", String(64), nullable=False),
+    Column("description", String(500), nullable=False),
+    Column("invoiced_at", UTCDateTime),
+    Index("ix_invoice_items_customer", "customer_id", "invoiced_at"),
+)
+
+actions = _table(
+    "actions",
+    Column("id", BIGINT_ID, primary_key=True, autoincrement=True),
+    Column("service_id", INT, nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("rate", String(64)),
+    Column("size", BIGINT, nullable=False, server_default=_default("0")),
+    Column("rule_id", INT),
+    Column("dedupe_key", String(191)),
+    Column("status", String(12), nullable=False, server_default="pending"),
+    Column("attempts", SMALLINT, nullable=False, server_default=_default("0")),
+    Column("due_at", UTCDateTime, nullable=False),
+    Column("lease_until", UTCDateTime),
+    Column("claimed_by", String(64)),
+    Column("result", String(500)),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime),
+    UniqueConstraint("dedupe_key", name="uq_actions_dedupe_key"),
+    Index("ix_actions_status_due", "status", "due_at"),
+    Index("ix_actions_service_id", "service_id"),
+)
+
+journal_positions = _table(
+    "journal_positions",
+    Column("node", String(64), primary_key=True),
+    Column("journal", String(255), nullable=False),
+    Column("position", BIGINT, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+
+# --------------------------------------------------------------------------- engine
+
+def make_engine(url: str, **kwargs) -> Engine:
+    """An engine for a SQLAlchemy URL, tuned for rlm_cap.
+
+    SQLite: WAL, a 30 s busy timeout, foreign keys on, and transactions that
+    begin IMMEDIATE (one writer at a time, no lock upgrade deadlocks).
+    MariaDB/MySQL (``mysql+pymysql://``): utf8mb4, connect/read/write timeouts
+    always set (a stuck query must not hold FreeRADIUS's module lock), READ
+    COMMITTED, connections checked before use.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(parsed, connect_args={"timeout": 30}, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_connect(dbapi_connection, _record):
+            dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+            cursor = dbapi_connection.cursor()
+            for pragma in ("journal_mode=WAL", "busy_timeout=30000", "foreign_keys=ON",
+                           "synchronous=NORMAL"):
+                cursor.execute(f"PRAGMA {pragma}")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(connection):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    connect_args = {"charset": "utf8mb4", "connect_timeout": 5, "read_timeout": 30, "write_timeout": 30}
+    connect_args.update(kwargs.pop("connect_args", {}))
+    if parsed.get_backend_name() not in MYSQL:
+        connect_args = kwargs.pop("connect_args", {})
+    return create_engine(parsed, connect_args=connect_args, pool_pre_ping=True, pool_recycle=3600,
+                         isolation_level="READ COMMITTED", **kwargs)
+
+
+def create_schema(engine: Engine) -> None:
+    metadata.create_all(engine)
+
+
+_RETRYABLE_MYSQL = {1205, 1213}  # lock wait timeout, deadlock
+
+
+def _retryable(error: DBAPIError) -> bool:
+    code = getattr(error.orig, "args", [None])[0]
+    return code in _RETRYABLE_MYSQL
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Connection]:
+    """One database transaction: commits on success, rolls back on any error."""
+    with engine.begin() as conn:
+        yield conn
+
+
+def run_in_transaction(engine: Engine, work, retries: int = 5):
+    """Run ``work(conn)`` in a transaction, again after a deadlock or lock timeout."""
+    for attempt in range(retries):
+        try:
+            with engine.begin() as conn:
+                return work(conn)
+        except (OperationalError, DBAPIError) as error:
+            if attempt == retries - 1 or not _retryable(error):
+                raise
+            _time.sleep(0.01 * 2**attempt)
+
+
+def insert_ignore(conn: Connection, table: Table, values: dict) -> int:
+    """INSERT that does nothing when a unique key already holds the row; rows inserted."""
+    if conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+        statement = sqlite_insert(table).values(**values).on_conflict_do_nothing()
+    else:
+        statement = table.insert().values(**values).prefix_with("IGNORE")
+    return conn.execute(statement).rowcount
+
+
+def _one(conn: Connection, statement):
+    row = conn.execute(statement).mappings().first()
+    return dict(row) if row is not None else None
+
+
+# --------------------------------------------------------------------------- plans
+
+PLAN_FIELDS = tuple(c.name for c in plans.columns if c.name != "id")
+
+
+def add_plan(conn: Connection, **values) -> int:
+    return conn.execute(plans.insert().values(**values)).inserted_primary_key[0]
+
+
+def update_plan(conn: Connection, plan_id: int, **values) -> None:
+    if values:
+        conn.execute(update(plans).where(plans.c.id == plan_id).values(**values))
+
+
+def find_plan(conn: Connection, name_or_id: str | int) -> dict | None:
+    where = plans.c.name == str(name_or_id)
+    if str(name_or_id).isdigit():
+        where = or_(where, plans.c.id == int(name_or_id))
+    return _one(conn, select(plans).where(where).order_by(plans.c.name != str(name_or_id)))
+
+
+def list_plans(conn: Connection) -> list[dict]:
+    return [dict(r) for r in conn.execute(select(plans).order_by(plans.c.name)).mappings()]
+
+
+def set_time_frames(conn: Connection, plan_id: int, frames: list[TimeFrame]) -> None:
+    conn.execute(plan_time_frames.delete().where(plan_time_frames.c.plan_id == plan_id))
+    for frame in frames:
+        days = "all" if frame.days == ALL_DAYS else ",".join(DAY_NAMES[d] for d in sorted(frame.days))
+        conn.execute(plan_time_frames.insert().values(plan_id=plan_id, start_time=frame.start,
+                                                      end_time=frame.end, days=days))
+
+
+def time_frames(conn: Connection, plan_id: int) -> tuple[TimeFrame, ...]:
+    rows = conn.execute(select(plan_time_frames).where(plan_time_frames.c.plan_id == plan_id)
+                        .order_by(plan_time_frames.c.id)).mappings()
+    return tuple(TimeFrame(r["start_time"], r["end_time"],
+                           ALL_DAYS if r["days"] == "all"
+                           else frozenset(DAY_NAMES.index(d) for d in r["days"].split(",")))
+                 for r in rows)
+
+
+def _topup_plan(row: dict) -> TopupPlan:
+    return TopupPlan(id=row["id"], name=row["name"], size=row["size"], price=row["price"],
+                     valid_months=row["valid_months"], category=row["category"],
+                     add_to_invoice=bool(row["add_to_invoice"]))
+
+
+def load_plan(conn: Connection, plan_id: int) -> Plan:
+    row = _one(conn, select(plans).where(plans.c.id == plan_id))
+    if row is None:
+        raise LookupError(f"no plan with id {plan_id}")
+    auto = None
+    if row["auto_topup_plan_id"] is not None:
+        auto_row = _one(conn, select(topup_plans).where(topup_plans.c.id == row["auto_topup_plan_id"]))
+        auto = _topup_plan(auto_row) if auto_row else None
+    return Plan(
+        id=row["id"], name=row["name"], monthly_limit=row["monthly_limit"], direction=row["direction"],
+        action=row["action"], fixed_rate=row["fixed_rate"], reduce_percent=row["reduce_percent"],
+        normal_rate=row["normal_rate"], bonus_limit=row["bonus_limit"],
+        bonus_unlimited=bool(row["bonus_unlimited"]), bonus_after_cap=bool(row["bonus_after_cap"]),
+        time_frames=time_frames(conn, plan_id), rollover=bool(row["rollover"]), auto_topup_plan=auto,
+        auto_topup_trigger_percent=row["auto_topup_trigger_percent"], compensate=bool(row["compensate"]),
+        overuse_price_per_gb=row["overuse_price_per_gb"])
+
+
+# --------------------------------------------------------------------------- top-up plans, notification rules
+
+def add_topup_plan(conn: Connection, plan_id: int, name: str, size: int, price: Decimal,
+                   valid_months: int | None = None, category: str = "Top-up",
+                   add_to_invoice: bool = False) -> int:
+    return conn.execute(topup_plans.insert().values(
+        plan_id=plan_id, name=name, size=size, price=price, valid_months=valid_months,
+        category=category, add_to_invoice=add_to_invoice)).inserted_primary_key[0]
+
+
+def list_topup_plans(conn: Connection, plan_id: int) -> list[dict]:
+    return [dict(r) for r in conn.execute(
+        select(topup_plans).where(topup_plans.c.plan_id == plan_id).order_by(topup_plans.c.size)).mappings()]
+
+
+def find_topup_plan(conn: Connection, plan_id: int, name_or_id: str) -> TopupPlan | None:
+    where = topup_plans.c.name == str(name_or_id)
+    if str(name_or_id).isdigit():
+        where = or_(where, topup_plans.c.id == int(name_or_id))
+    row = _one(conn, select(topup_plans).where(topup_plans.c.plan_id == plan_id, where))
+    return _topup_plan(row) if row else None
+
+
+def copy_topup_plans(conn: Connection, from_plan: int, to_plan: int) -> int:
+    """Copy top-up plans that the target plan does not have yet (by name)."""
+    have = {r["name"] for r in list_topup_plans(conn, to_plan)}
+    copied = 0
+    for row in list_topup_plans(conn, from_plan):
+        if row["name"] not in have:
+            add_topup_plan(conn, to_plan, row["name"], row["size"], row["price"], row["valid_months"],
+                           row["category"], bool(row["add_to_invoice"]))
+            copied += 1
+    return copied
+
+
+def add_notification_rule(conn: Connection, plan_id: int, source: str, threshold_percent: int,
+                          channel: str, subject: str, body: str) -> int:
+    return conn.execute(notification_rules.insert().values(
+        plan_id=plan_id, source=source, threshold_percent=threshold_percent, channel=channel,
+        subject=subject, body=body)).inserted_primary_key[0]
+
+
+def list_notification_rules(conn: Connection, plan_id: int) -> list[dict]:
+    return [dict(r) for r in conn.execute(
+        select(notification_rules).where(notification_rules.c.plan_id == plan_id)
+        .order_by(notification_rules.c.id)).mappings()]
+
+
+def load_notification_rules(conn: Connection, plan_id: int) -> tuple[NotificationRule, ...]:
+    return tuple(NotificationRule(r["id"], r["source"], r["threshold_percent"], r["channel"],
+                                  r["subject"], r["body"]) for r in list_notification_rules(conn, plan_id))
+
+
+def copy_notification_rules(conn: Connection, from_plan: int, to_plan: int) -> int:
+    rows = list_notification_rules(conn, from_plan)
+    for r in rows:
+        add_notification_rule(conn, to_plan, r["source"], r["threshold_percent"], r["channel"],
+                              r["subject"], r["body"])
+    return len(rows)
+
+
+# --------------------------------------------------------------------------- partners, customers, services
+
+def ensure_partner(conn: Connection, name: str) -> int:
+    insert_ignore(conn, partners, {"name": name})
+    return conn.execute(select(partners.c.id).where(partners.c.name == name)).scalar_one()
+
+
+def partner_name(conn: Connection, partner_id: int | None) -> str | None:
+    if partner_id is None:
+        return None
+    return conn.execute(select(partners.c.name).where(partners.c.id == partner_id)).scalar()
+
+
+def find_partner(conn: Connection, name: str) -> int | None:
+    return conn.execute(select(partners.c.id).where(partners.c.name == name)).scalar()
+
+
+def add_customer(conn: Connection, name: str, now: datetime, **values) -> int:
+    return conn.execute(customers.insert().values(name=name, created_at=now, **values)).inserted_primary_key[0]
+
+
+def update_customer(conn: Connection, customer_id: int, **values) -> None:
+    if values:
+        conn.execute(update(customers).where(customers.c.id == customer_id).values(**values))
+
+
+def find_customer(conn: Connection, name_or_id: str | int, for_update: bool = False) -> dict | None:
+    where = customers.c.name == str(name_or_id)
+    if str(name_or_id).isdigit():
+        where = or_(where, customers.c.id == int(name_or_id))
+    statement = select(customers).where(where).order_by(customers.c.name != str(name_or_id))
+    return _one(conn, statement.with_for_update() if for_update else statement)
+
+
+def add_service(conn: Connection, customer_id: int, plan_id: int, username: str, description: str,
+                now: datetime, cap_state: str) -> int:
+    return conn.execute(services.insert().values(
+        customer_id=customer_id, plan_id=plan_id, username=username, description=description,
+        cap_state=cap_state, state_changed_at=now, created_at=now)).inserted_primary_key[0]
+
+
+def find_service(conn: Connection, username_or_id: str | int, for_update: bool = False) -> dict | None:
+    """A service by RADIUS User-Name (exact) or, for a number that is no User-Name, by id."""
+    statement = select(services).where(services.c.username == str(username_or_id))
+    row = _one(conn, statement.with_for_update() if for_update else statement)
+    if row is None and str(username_or_id).isdigit():
+        statement = select(services).where(services.c.id == int(username_or_id))
+        row = _one(conn, statement.with_for_update() if for_update else statement)
+    return row
+
+
+def update_service(conn: Connection, service_id: int, **values) -> None:
+    conn.execute(update(services).where(services.c.id == service_id).values(**values))
+
+
+def services_of_customer(conn: Connection, customer_id: int) -> list[dict]:
+    return [dict(r) for r in conn.execute(
+        select(services).where(services.c.customer_id == customer_id).order_by(services.c.id)).mappings()]
+
+
+# --------------------------------------------------------------------------- settings
+
+def setting_layers(conn: Connection, scopes: list[tuple[str, int | None]]) -> list[dict[str, str]]:
+    """Rows of each (scope, id) as a dict, in the order given (most general first)."""
+    wanted = [(scope, scope_id) for scope, scope_id in scopes if scope_id is not None]
+    if not wanted:
+        return []
+    rows = conn.execute(select(settings).where(or_(*(
+        and_(settings.c.scope == scope, settings.c.scope_id == scope_id) for scope, scope_id in wanted))))
+    layers: dict[tuple[str, int], dict[str, str]] = {key: {} for key in wanted}
+    for row in rows.mappings():
+        layers[(row["scope"], row["scope_id"])][row["name"]] = row["value"]
+    return [layers[key] for key in wanted]
+
+
+def set_setting(conn: Connection, scope: str, scope_id: int, name: str, value: str | None) -> None:
+    """Set (or with ``None`` remove) one setting at one scope."""
+    key = and_(settings.c.scope == scope, settings.c.scope_id == scope_id, settings.c.name == name)
+    conn.execute(settings.delete().where(key))
+    if value is not None:
+        conn.execute(settings.insert().values(scope=scope, scope_id=scope_id, name=name, value=value))
+
+
+# --------------------------------------------------------------------------- periods and buckets
+
+def _bucket(row) -> Bucket:
+    return Bucket(id=row["id"], kind=row["kind"], size=row["size"], used=row["used"],
+                  valid_from=row["valid_from"], valid_until=row["valid_until"])
+
+
+def find_period(conn: Connection, service_id: int, period_start: datetime,
+                for_update: bool = False) -> dict | None:
+    statement = select(periods).where(periods.c.service_id == service_id,
+                                      periods.c.period_start == period_start)
+    return _one(conn, statement.with_for_update() if for_update else statement)
+
+
+def insert_period(conn: Connection, service_id: int, start: datetime, end: datetime) -> bool:
+    """Open a period row; False when it is open already (idempotent)."""
+    return insert_ignore(conn, periods, {"service_id": service_id, "period_start": start,
+                                         "period_end": end}) == 1
+
+
+def add_period_usage(conn: Connection, period_id: int, **deltas: int) -> None:
+    conn.execute(update(periods).where(periods.c.id == period_id).values(
+        **{name: periods.c[name] + value for name, value in deltas.items() if value}))
+
+
+def close_period(conn: Connection, period_id: int, now: datetime) -> None:
+    conn.execute(update(periods).where(periods.c.id == period_id, periods.c.closed_at.is_(None))
+                 .values(closed_at=now))
+
+
+def list_periods(conn: Connection, service_id: int) -> list[dict]:
+    return [dict(r) for r in conn.execute(
+        select(periods).where(periods.c.service_id == service_id).order_by(periods.c.period_start)).mappings()]
+
+
+def add_bucket(conn: Connection, service_id: int, kind: str, size: int, valid_from: datetime,
+               valid_until: datetime | None, origin: str, now: datetime, used: int = 0,
+               period_start: datetime | None = None, topup_plan_id: int | None = None) -> int:
+    return conn.execute(buckets.insert().values(
+        service_id=service_id, kind=kind, size=size, used=used, valid_from=valid_from,
+        valid_until=valid_until, origin=origin, created_at=now, period_start=period_start,
+        topup_plan_id=topup_plan_id)).inserted_primary_key[0]
+
+
+def period_bucket(conn: Connection, service_id: int, kind: str, period_start: datetime) -> dict | None:
+    return _one(conn, select(buckets).where(buckets.c.service_id == service_id, buckets.c.kind == kind,
+                                            buckets.c.period_start == period_start))
+
+
+def load_buckets(conn: Connection, service_id: int, now: datetime, for_update: bool = False
+                 ) -> tuple[Bucket, ...]:
+    """Buckets that have not expired by ``now`` (and those starting later)."""
+    statement = (select(buckets).where(buckets.c.service_id == service_id,
+                                       or_(buckets.c.valid_until.is_(None), buckets.c.valid_until > now))
+                 .order_by(buckets.c.id))
+    if for_update:
+        statement = statement.with_for_update()
+    return tuple(_bucket(r) for r in conn.execute(statement).mappings())
+
+
+def bucket_rows(conn: Connection, service_id: int) -> list[dict]:
+    return [dict(r) for r in conn.execute(
+        select(buckets).where(buckets.c.service_id == service_id).order_by(buckets.c.id)).mappings()]
+
+
+def find_bucket(conn: Connection, bucket_id: int, for_update: bool = False) -> dict | None:
+    statement = select(buckets).where(buckets.c.id == bucket_id)
+    return _one(conn, statement.with_for_update() if for_update else statement)
+
+
+def add_used(conn: Connection, taken: dict[int, int]) -> None:
+    for bucket_id, amount in taken.items():
+        conn.execute(update(buckets).where(buckets.c.id == bucket_id)
+                     .values(used=buckets.c.used + amount))
+
+
+def shrink_bucket(conn: Connection, bucket_id: int, size: int) -> None:
+    conn.execute(update(buckets).where(buckets.c.id == bucket_id).values(size=size))
+
+
+def topups_in(conn: Connection, service_id: int, start: datetime, end: datetime) -> dict[str, int]:
+    """Top-ups applied in [start, end), counted by origin (admin, auto, portal)."""
+    rows = conn.execute(select(buckets.c.origin, func.count()).where(
+        buckets.c.service_id == service_id, buckets.c.kind == "topup",
+        buckets.c.created_at >= start, buckets.c.created_at < end).group_by(buckets.c.origin))
+    return {origin: count for origin, count in rows}
+
+
+# --------------------------------------------------------------------------- sessions
+
+def _session(row) -> counters.Session:
+    return counters.Session(row["input_total"], row["output_total"], row["counter_time"],
+                            row["last_time"], row["started_at"], row["closed"])
+
+
+def find_session(conn: Connection, nas_key: str, acct_session_id: str, username: str
+                 ) -> tuple[int, counters.Session] | None:
+    """The newest session for a key, locked for update."""
+    row = _one(conn, select(sessions).where(
+        sessions.c.nas == nas_key, sessions.c.acct_session_id == acct_session_id,
+        sessions.c.username == username).order_by(sessions.c.id.desc()).limit(1).with_for_update())
+    return (row["id"], _session(row)) if row else None
+
+
+def insert_session(conn: Connection, record: counters.AccountingRecord, session: counters.Session,
+                   service_id: int | None) -> int:
+    return conn.execute(sessions.insert().values(
+        nas=record.nas, acct_session_id=record.session_id, username=record.username,
+        service_id=service_id, input_total=session.input_total, output_total=session.output_total,
+        counter_time=session.counter_time, last_time=session.last_time, started_at=session.started_at,
+        closed=session.closed, framed_ip=record.framed_ip, nas_ip=record.nas_ip)).inserted_primary_key[0]
+
+
+def save_session(conn: Connection, session_id: int, session: counters.Session,
+                 record: counters.AccountingRecord) -> None:
+    values = dict(input_total=session.input_total, output_total=session.output_total,
+                  counter_time=session.counter_time, last_time=session.last_time, closed=session.closed)
+    if record.framed_ip:
+        values["framed_ip"] = record.framed_ip
+    conn.execute(update(sessions).where(sessions.c.id == session_id).values(**values))
+
+
+def close_nas_sessions(conn: Connection, nas_key: str) -> int:
+    """Accounting-On/Off: every session of the NAS ends; its ids may be reused."""
+    return conn.execute(update(sessions).where(
+        sessions.c.nas == nas_key,
+        or_(sessions.c.closed.is_(None), sessions.c.closed != counters.CLOSED_BY_NAS_RESTART))
+        .values(closed=counters.CLOSED_BY_NAS_RESTART)).rowcount
+
+
+def open_sessions(conn: Connection, service_id: int) -> list[dict]:
+    return [dict(r) for r in conn.execute(select(sessions).where(
+        sessions.c.service_id == service_id, sessions.c.closed.is_(None))).mappings()]
+
+
+def session_rows(conn: Connection, username: str | None = None) -> list[dict]:
+    statement = select(sessions).order_by(sessions.c.id)
+    if username is not None:
+        statement = statement.where(sessions.c.username == username)
+    return [dict(r) for r in conn.execute(statement).mappings()]
+
+
+# --------------------------------------------------------------------------- history, money, outbox
+
+def add_history(conn: Connection, service_id: int, at: datetime, kind: str, actor: str,
+                detail: str = "", size: int | None = None, amount: Decimal | None = None,
+                bucket_id: int | None = None) -> None:
+    conn.execute(history.insert().values(service_id=service_id, at=at, kind=kind, actor=actor,
+                                         detail=detail[:500], size=size, amount=amount,
+                                         bucket_id=bucket_id))
+
+
+def list_history(conn: Connection, service_id: int, start: datetime | None = None,
+                 end: datetime | None = None) -> list[dict]:
+    statement = select(history).where(history.c.service_id == service_id)
+    if start is not None:
+        statement = statement.where(history.c.at >= start)
+    if end is not None:
+        statement = statement.where(history.c.at < end)
+    return [dict(r) for r in conn.execute(statement.order_by(history.c.at, history.c.id)).mappings()]
+
+
+def add_transaction(conn: Connection, customer_id: int, service_id: int | None, at: datetime,
+                    amount: Decimal, category: str, description: str) -> None:
+    """Money on the account (+ payment, - charge); the balance moves in the same statement set."""
+    row = find_customer(conn, customer_id, for_update=True)
+    conn.execute(transactions.insert().values(customer_id=customer_id, service_id=service_id, at=at,
+                                              amount=amount, category=category,
+                                              description=description[:500]))
+    conn.execute(update(customers).where(customers.c.id == customer_id)
+                 .values(balance=row["balance"] + amount))
+
+
+def add_invoice_item(conn: Connection, customer_id: int, service_id: int | None, at: datetime,
+                     amount: Decimal, category: str, description: str) -> None:
+    conn.execute(invoice_items.insert().values(customer_id=customer_id, service_id=service_id, at=at,
+                                               amount=amount, category=category,
+                                               description=description[:500]))
+
+
+def list_transactions(conn: Connection, customer_id: int) -> list[dict]:
+    return [dict(r) for r in conn.execute(select(transactions).where(
+        transactions.c.customer_id == customer_id).order_by(transactions.c.id)).mappings()]
+
+
+def list_invoice_items(conn: Connection, customer_id: int) -> list[dict]:
+    return [dict(r) for r in conn.execute(select(invoice_items).where(
+        invoice_items.c.customer_id == customer_id).order_by(invoice_items.c.id)).mappings()]
+
+
+def add_action(conn: Connection, service_id: int, kind: str, now: datetime, rate: str | None = None,
+               size: int = 0, rule_id: int | None = None, dedupe_key: str | None = None) -> bool:
+    """Queue an action for the enforcer; False if ``dedupe_key`` was queued before."""
+    values = dict(service_id=service_id, kind=kind, rate=rate, size=size, rule_id=rule_id,
+                  dedupe_key=dedupe_key, due_at=now, created_at=now)
+    if dedupe_key is None:
+        conn.execute(actions.insert().values(**values))
+        return True
+    return insert_ignore(conn, actions, values) == 1
+
+
+def list_actions(conn: Connection, service_id: int | None = None) -> list[dict]:
+    statement = select(actions).order_by(actions.c.id)
+    if service_id is not None:
+        statement = statement.where(actions.c.service_id == service_id)
+    return [dict(r) for r in conn.execute(statement).mappings()]
+
+
+def sent_rule_ids(conn: Connection, service_id: int, period_start: datetime) -> set[int]:
+    """Notification rules already queued for this service in this period."""
+    prefix = f"notify:{service_id}:{period_start:%Y%m%dT%H%M%S}:"
+    rows = conn.execute(select(actions.c.rule_id).where(
+        actions.c.service_id == service_id, actions.c.kind == "notify",
+        actions.c.dedupe_key.like(prefix + "%")))
+    return {r for (r,) in rows}
+
+
+def notify_key(service_id: int, period_start: datetime, rule_id: int) -> str:
+    return f"notify:{service_id}:{period_start:%Y%m%dT%H%M%S}:{rule_id}"
+
+
+# --------------------------------------------------------------------------- NAS clients
+
+def add_nas(conn: Connection, nasname: str, secret: str, shortname: str | None = None,
+            type: str = "mikrotik", coa_port: int = 3799) -> int:
+    return conn.execute(nas.insert().values(nasname=nasname, secret=secret, shortname=shortname,
+                                            type=type, coa_port=coa_port)).inserted_primary_key[0]
+
+
+def is_duplicate(error: Exception) -> bool:
+    return isinstance(error, IntegrityError)

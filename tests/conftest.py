@@ -1,0 +1,97 @@
+"""Shared fixtures: a fresh database per test, on SQLite and on MariaDB.
+
+Store tests take the ``engine`` (or ``db_url``) fixture and so run on both.
+MariaDB is the production database: when it does not answer, those tests fail
+(they never skip) unless RLM_CAP_SKIP_MARIADB=1 is set by hand. ``make test``
+starts MariaDB and creates the ``rlm_cap_test`` account first.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from rlm_cap import store
+from rlm_cap.periods import parse_time_frame
+
+MARIADB_SERVER = os.environ.get(
+    "RLM_CAP_TEST_MARIADB_URL", "mysql+pymysql://rlm_cap_test:rlm_cap_test@127.0.0.1:3306")
+MARIADB_DATABASE = f"rlm_cap_test_{os.getpid()}"
+
+NOW = datetime(2026, 11, 3, 10, 0, tzinfo=timezone.utc)
+GB = 10**9
+
+
+@pytest.fixture(scope="session")
+def mariadb_url():
+    admin = create_engine(MARIADB_SERVER + "/")
+    try:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS `{MARIADB_DATABASE}`"))
+            conn.execute(text(f"CREATE DATABASE `{MARIADB_DATABASE}` CHARACTER SET utf8mb4"))
+    except Exception as error:  # noqa: BLE001 - any failure to reach it means the same
+        if os.environ.get("RLM_CAP_SKIP_MARIADB") == "1":
+            pytest.skip("MariaDB skipped by RLM_CAP_SKIP_MARIADB=1")
+        pytest.fail(f"MariaDB is not reachable at {MARIADB_SERVER} ({error}); "
+                    "run `make test` (it installs and starts it) or `sh .ci/ensure-mariadb`")
+    url = f"{MARIADB_SERVER}/{MARIADB_DATABASE}"
+    engine = store.make_engine(url)
+    store.create_schema(engine)
+    engine.dispose()
+    yield url
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS `{MARIADB_DATABASE}`"))
+    admin.dispose()
+
+
+def _wipe(engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("SET FOREIGN_KEY_CHECKS=0"))
+        for table in reversed(store.metadata.sorted_tables):
+            conn.execute(table.delete())
+        conn.execute(text("SET FOREIGN_KEY_CHECKS=1"))
+
+
+@pytest.fixture(params=["sqlite", "mariadb"])
+def db_url(request, tmp_path):
+    """A URL of an empty rlm_cap database, once per backend."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'rlm_cap.sqlite3'}"
+        engine = store.make_engine(url)
+        store.create_schema(engine)
+        engine.dispose()
+        return url
+    url = request.getfixturevalue("mariadb_url")
+    engine = store.make_engine(url)
+    _wipe(engine)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def engine(db_url):
+    engine = store.make_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def world(engine):
+    """A 10 GB plan with a 00:00-04:00 bonus frame, 5 GB / 10 GB top-up plans,
+    an 80 % notification, and customer alice with service alice@isp."""
+    with engine.begin() as conn:
+        plan_id = store.add_plan(conn, name="Home 10GB", monthly_limit=10 * GB, action="reduce",
+                                 reduce_percent=50, normal_rate="10M/20M", bonus_limit=5 * GB,
+                                 rollover=True)
+        store.set_time_frames(conn, plan_id, [parse_time_frame("00:00-04:00")])
+        store.add_topup_plan(conn, plan_id, "5GB", 5 * GB, Decimal("10"))
+        store.add_topup_plan(conn, plan_id, "10GB", 10 * GB, Decimal("15"))
+        store.add_notification_rule(conn, plan_id, "monthly", 80, "email", "80% used",
+                                    "{{ customer.name }}, you used 80% of {{ service.description }}")
+        customer_id = store.add_customer(conn, "alice", NOW, balance=Decimal("50"), email="alice@example.net")
+        service_id = store.add_service(conn, customer_id, plan_id, "alice@isp", "Home internet", NOW, "ok")
+    return {"plan_id": plan_id, "customer_id": customer_id, "service_id": service_id}
