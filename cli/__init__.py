@@ -1,0 +1,1 @@
+"""capctl: the operators' command line (click), one module per noun."""
