@@ -21,15 +21,16 @@ def scope_options(function):
     return function
 
 
-def _chain(conn, partner, plan_name, customer_name, username) -> list[tuple[str, int]]:
+def _chain(conn, partner, plan_name, customer_name, username, create_partner=False) -> list[tuple[str, int]]:
     """The scopes from global to the one asked for, as (scope, id)."""
     given = [x for x in (partner, plan_name, customer_name, username) if x]
     if len(given) > 1:
         raise click.ClickException("give at most one of --partner, --plan, --customer, --service")
     chain = [("global", 0)]
     if partner:
-        chain.append(("partner", need(store.find_partner(conn, partner), f"partner {partner!r}",
-                                      "partners are created by: capctl customer add NAME --partner P")))
+        found = store.ensure_partner(conn, partner) if create_partner else store.find_partner(conn, partner)
+        chain.append(("partner", need(found, f"partner {partner!r}",
+                                      "set a setting for it first: capctl settings set NAME VALUE --partner P")))
     elif plan_name:
         chain.append(("plan", plan_row(conn, plan_name)["id"]))
     elif customer_name:
@@ -85,6 +86,8 @@ def settings_get(name, partner, plan_name, customer_name, username, as_json) -> 
 def settings_set(name, value, partner, plan_name, customer_name, username) -> None:
     """Set a setting at a scope (default: global). VALUE '-' removes it there.
 
+    A new --partner name is created; customers join it with customer add --partner.
+
     Example: capctl settings set check_balance yes
     Example: capctl settings set max_topups_per_month 3 --partner north
     """
@@ -97,7 +100,7 @@ def settings_set(name, value, partner, plan_name, customer_name, username) -> No
         raise click.ClickException(f"unknown setting {name!r}; known: {', '.join(sorted(DESCRIPTIONS))}")
 
     def work(conn):
-        scope, scope_id = _chain(conn, partner, plan_name, customer_name, username)[-1]
+        scope, scope_id = _chain(conn, partner, plan_name, customer_name, username, create_partner=True)[-1]
         store.set_setting(conn, scope, scope_id, name, None if value == "-" else value)
         return scope
     scope = transact(work)
