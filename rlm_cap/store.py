@@ -876,3 +876,28 @@ def add_nas(conn: Connection, nasname: str, secret: str, shortname: str | None =
 
 def is_duplicate(error: Exception) -> bool:
     return isinstance(error, IntegrityError)
+
+
+# --------------------------------------------------------------------------- journal mode, module caches
+
+def journal_position(conn: Connection, node: str) -> tuple[str, int] | None:
+    row = _one(conn, select(journal_positions).where(journal_positions.c.node == node))
+    return (row["journal"], row["position"]) if row else None
+
+
+def set_journal_position(conn: Connection, node: str, journal: str, position: int, now: datetime) -> None:
+    """Record how far the node's journal is applied (in the batch's own transaction)."""
+    values = dict(journal=journal, position=position, updated_at=now)
+    changed = conn.execute(update(journal_positions).where(journal_positions.c.node == node)
+                           .values(**values)).rowcount
+    if not changed:
+        conn.execute(journal_positions.insert().values(node=node, **values))
+
+
+def capped_services(conn: Connection) -> list[dict]:
+    """User-Name and plan action of every capped service: what authorize needs."""
+    statement = (select(services.c.username, plans.c.action, plans.c.fixed_rate, plans.c.normal_rate,
+                        plans.c.reduce_percent)
+                 .join(plans, plans.c.id == services.c.plan_id)
+                 .where(services.c.cap_state == "capped"))
+    return [dict(r) for r in conn.execute(statement).mappings()]

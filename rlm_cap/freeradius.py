@@ -1,0 +1,67 @@
+"""rlm_python3 entry points: FreeRADIUS ↔ ``rlm_cap.module``.
+
+Thin on purpose: this module exists only inside FreeRADIUS (``radiusd``), so
+everything it does beyond translating codes lives in ``module`` and is tested
+without FreeRADIUS. Wire it up with ``freeradius-conf/mods-available/rlm_cap``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import radiusd  # provided by rlm_python3
+
+from .module import ERROR, INFO, MALFORMED, NOOP, NOT_DURABLE, OK, REJECT, UPDATED, WARNING, Config, Module
+
+_LEVELS = {ERROR: radiusd.L_ERR, WARNING: radiusd.L_WARN, INFO: radiusd.L_INFO}
+_CODES = {
+    OK: radiusd.RLM_MODULE_OK,
+    NOOP: radiusd.RLM_MODULE_NOOP,
+    UPDATED: radiusd.RLM_MODULE_UPDATED,
+    REJECT: radiusd.RLM_MODULE_REJECT,
+    # 'reject' ends the accounting section at once whatever follows (even the
+    # stock sql module's 'ok'), so FreeRADIUS sends no Accounting-Response.
+    NOT_DURABLE: radiusd.RLM_MODULE_REJECT,
+    # 'fail' is what the site's guard catches: the packet goes to the quarantine
+    # detail file and is answered.
+    MALFORMED: radiusd.RLM_MODULE_FAIL,
+}
+
+_module: Module | None = None
+
+
+def _log(level: str, message: str) -> None:
+    radiusd.radlog(_LEVELS[level], message)
+
+
+def instantiate(_):
+    global _module
+    try:
+        _module = Module(Config.from_radiusd(dict(radiusd.config)), _log)
+        _module.start()
+    except Exception as error:  # noqa: BLE001 - only -1 stops FreeRADIUS; say why first
+        radiusd.radlog(radiusd.L_ERR, f"rlm_cap: cannot start: {error}")
+        return -1
+    return 0
+
+
+def accounting(request):
+    return _CODES[_module.accounting(request, time.time())]
+
+
+def authorize(request):
+    try:
+        result, reply = _module.authorize(request)
+    except Exception as error:  # noqa: BLE001 - an exception here would reject the login
+        radiusd.radlog(radiusd.L_ERR, f"rlm_cap: authorize failed, login left alone: {error!r}")
+        return radiusd.RLM_MODULE_NOOP
+    return (_CODES[result], reply, ())
+
+
+def detach(_=None):
+    if _module is not None:
+        _module.stop()
+    return 0
+
+
+__all__ = ["instantiate", "authorize", "accounting", "detach", "INFO"]

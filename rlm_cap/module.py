@@ -1,0 +1,332 @@
+"""The rlm_cap module as FreeRADIUS runs it, without FreeRADIUS.
+
+``Module`` receives rlm_python3's attribute tuples and answers with abstract
+results (``OK``, ``NOT_DURABLE``, ``MALFORMED``, ...); ``rlm_cap.freeradius``
+maps them to ``radiusd`` codes. Tests drive this class directly.
+
+Accounting, the hot path (it runs under FreeRADIUS's one lock per module):
+- ``journal`` mode: parse, one ``write()`` to the journal, answer. A background
+  applier thread applies the journal in batches through ``ledger.apply_record``
+  and commits the journal position in the same transaction.
+- ``sync`` mode: parse, one database transaction, answer.
+Either way the NAS is answered only once the record is durable; otherwise the
+result is ``NOT_DURABLE`` (FreeRADIUS ``reject``: no Accounting-Response, the
+NAS retransmits).
+
+Authorize reads an in-memory map of capped services that a background thread
+refreshes: no query under the lock.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from . import journal, ledger, store
+from .packets import IgnoredPacket, MalformedPacket, parse_accounting
+from .policy import reduce_rate
+
+OK, NOOP, UPDATED, REJECT = "ok", "noop", "updated", "reject"
+NOT_DURABLE = "not-durable"  # no answer: the NAS must retransmit
+MALFORMED = "malformed"  # answer, and let the site's guard keep the packet in the quarantine file
+
+ERROR, WARNING, INFO = "error", "warning", "info"
+
+
+def _flag(text: str) -> bool:
+    return str(text).strip().lower() in ("yes", "true", "1", "on")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The ``config { }`` block of ``mods-available/rlm_cap`` (strings in, typed out)."""
+
+    db_url: str
+    mode: str = "journal"
+    journal_dir: str = "/var/lib/rlm_cap/journal"
+    node: str = ""
+    fsync: bool = False
+    batch_size: int = 500
+    apply_interval: float = 0.02
+    rotate_bytes: int = 64 * 2**20
+    keep_unknown: bool = False
+    trust_event_timestamp: bool = False
+    state_refresh: float = 2.0
+    rate_attribute: str = "Mikrotik-Rate-Limit"
+    reject_message: str = "Your data cap is reached. Buy a top-up to reconnect."
+    drain_timeout: float = 10.0
+
+    @classmethod
+    def from_radiusd(cls, values: dict) -> "Config":
+        values = {k: v for k, v in (values or {}).items() if v is not None}
+        if not values.get("db_url"):
+            raise ValueError("rlm_cap: config { db_url = ... } is required")
+        mode = values.get("mode", "journal")
+        if mode not in ("journal", "sync"):
+            raise ValueError(f"rlm_cap: mode must be journal or sync, not {mode!r}")
+        typed = dict(
+            db_url=values["db_url"], mode=mode,
+            journal_dir=values.get("journal_dir", cls.journal_dir),
+            node=values.get("node") or socket.gethostname(),
+            fsync=_flag(values.get("fsync", "no")),
+            batch_size=int(values.get("batch_size", cls.batch_size)),
+            apply_interval=float(values.get("apply_interval", cls.apply_interval)),
+            rotate_bytes=int(values.get("rotate_bytes", cls.rotate_bytes)),
+            keep_unknown=_flag(values.get("keep_unknown", "no")),
+            trust_event_timestamp=_flag(values.get("trust_event_timestamp", "no")),
+            state_refresh=float(values.get("state_refresh", cls.state_refresh)),
+            rate_attribute=values.get("rate_attribute", cls.rate_attribute),
+            reject_message=values.get("reject_message", cls.reject_message),
+            drain_timeout=float(values.get("drain_timeout", cls.drain_timeout)))
+        if typed["batch_size"] < 1 or typed["apply_interval"] <= 0 or typed["state_refresh"] <= 0:
+            raise ValueError("rlm_cap: batch_size, apply_interval and state_refresh must be above zero")
+        return cls(**typed)
+
+
+def _transient(error: Exception) -> bool:
+    """A database that is down, restarting or unreachable: retry later."""
+    return isinstance(error, (OperationalError, InterfaceError)) or (
+        isinstance(error, DBAPIError) and error.connection_invalidated)
+
+
+class Module:
+    def __init__(self, config: Config, log):
+        self.config = config
+        self.log = log  # log(level, message)
+        self.engine = None
+        self.writer: journal.Writer | None = None
+        self.capped: dict[str, tuple[str, tuple]] = {}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._db_down_since: float | None = None
+        self.applied: tuple[int, int] | None = None  # (generation, position) committed
+
+    # ------------------------------------------------------------------ life cycle
+
+    def start(self) -> None:
+        self.engine = store.make_engine(self.config.db_url)
+        safe_url = self.engine.url.render_as_string(hide_password=True)
+        if self.config.mode == "journal":
+            self._open_journal()
+            self._spawn(self._apply_loop, "rlm_cap-applier")
+        self._spawn(self._refresh_loop, "rlm_cap-state")
+        self.log(INFO, f"rlm_cap: started in {self.config.mode} mode, node {self.config.node!r}, "
+                       f"database {safe_url}")
+
+    def _spawn(self, target, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def stop(self) -> None:
+        """Drain the journal (up to drain_timeout) and stop the threads."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(self.config.drain_timeout + 5)
+        if self.writer is not None:
+            self.writer.close()
+        if self.engine is not None:
+            self.engine.dispose()
+        self.log(INFO, "rlm_cap: stopped")
+
+    # ------------------------------------------------------------------ hot path
+
+    def accounting(self, attributes, received_at: float) -> str:
+        try:
+            record = parse_accounting(attributes, received_at, self.config.trust_event_timestamp)
+        except IgnoredPacket:
+            return OK
+        except MalformedPacket as error:
+            self.log(ERROR, f"rlm_cap: malformed Accounting-Request ({error}): answered and quarantined")
+            return MALFORMED
+        if self.writer is not None:
+            try:
+                self.writer.append(record)
+            except OSError as error:
+                self.log(ERROR, f"rlm_cap: journal write failed ({error}): not answering, the NAS retransmits")
+                return NOT_DURABLE
+            return OK
+        try:
+            store.run_in_transaction(
+                self.engine, lambda conn: ledger.apply_record(conn, record, self.config.keep_unknown))
+        except DBAPIError as error:
+            self._database_down(error)
+            return NOT_DURABLE
+        self._database_up()
+        return OK
+
+    def authorize(self, attributes) -> tuple[str, tuple]:
+        username = next((v for n, v in attributes or () if n == "User-Name"), None)
+        entry = self.capped.get(username) if username is not None else None
+        return entry if entry is not None else (NOOP, ())
+
+    # ------------------------------------------------------------------ state for authorize
+
+    def _reply_for(self, row: dict) -> tuple[str, tuple]:
+        if row["action"] == "block":
+            return REJECT, (("Reply-Message", self.config.reject_message),)
+        rate = row["fixed_rate"] if row["action"] == "fixed" else (
+            reduce_rate(row["normal_rate"], row["reduce_percent"]) if row["normal_rate"] else None)
+        return (UPDATED, ((self.config.rate_attribute, rate),)) if rate else (NOOP, ())
+
+    def refresh_state(self) -> None:
+        with self.engine.connect() as conn:
+            rows = store.capped_services(conn)
+        self.capped = {row["username"]: self._reply_for(row) for row in rows}
+
+    def _refresh_loop(self) -> None:
+        while True:
+            try:
+                self.refresh_state()
+            except DBAPIError as error:
+                self._database_down(error)
+            except Exception as error:  # noqa: BLE001 - a bad row must not stop the refresher
+                self.log(ERROR, f"rlm_cap: state refresh failed: {error!r}")
+            if self._stop.wait(self.config.state_refresh):
+                return
+
+    # ------------------------------------------------------------------ journal applier
+
+    def _open_journal(self) -> None:
+        """Open the newest journal file for appends; needs no database."""
+        directory = Path(self.config.journal_dir)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.writer = journal.Writer(directory, max(journal.generations(directory) or [1]), self.config.fsync)
+
+    def _recover(self) -> tuple[int, int] | None:
+        """Where to resume applying, from the database; None while it is unreachable.
+
+        The position saved with the last batch names a generation. If that file
+        is gone or shorter than the position, the journal was replaced: every
+        file present is unapplied and is applied from its start.
+        """
+        directory = Path(self.config.journal_dir)
+        try:
+            with self.engine.begin() as conn:
+                saved = store.journal_position(conn, self.config.node)
+        except DBAPIError as error:
+            self._database_down(error)
+            return None
+        present = journal.generations(directory)
+        if saved is not None:
+            generation, position = int(Path(saved[0]).name.rsplit(".", 1)[-1]), saved[1]
+            if generation in present and journal.file_size(directory, generation) >= position:
+                for old in present:
+                    if old < generation:
+                        journal.path_of(directory, old).unlink()
+                return generation, position
+            self.log(ERROR, f"rlm_cap: journal.{generation} is missing or shorter than its applied position "
+                            f"{position}; applying every journal file present from its start")
+        return (present[0] if present else self.writer.generation), 0
+
+    def _apply_loop(self) -> None:
+        directory = Path(self.config.journal_dir)
+        resume = self._recover()
+        while resume is None:
+            if self._stop.wait(0.5):
+                return
+            resume = self._recover()
+        generation, position = resume
+        self.applied = resume
+        deadline = None
+        while True:
+            if self._stop.is_set() and deadline is None:
+                deadline = time.monotonic() + self.config.drain_timeout
+            if deadline is not None and time.monotonic() > deadline:
+                self.log(WARNING, "rlm_cap: stopping with journal records not yet applied; "
+                                  "they are applied at the next start")
+                return
+            batch = journal.read_batch(directory, generation, position, self.config.batch_size)
+            if batch.records or batch.damaged:
+                if self._apply(batch, position):
+                    position = batch.end
+                    self.applied = (generation, position)
+                else:
+                    self._stop.wait(0.5) if deadline is None else time.sleep(0.5)
+                continue
+            if generation < self.writer.generation or (
+                    journal.file_size(directory, generation) >= self.config.rotate_bytes
+                    and self.writer.rotate(generation, position)):
+                if self._commit_position(generation + 1, 0):
+                    journal.path_of(directory, generation).unlink(missing_ok=True)
+                    generation, position = generation + 1, 0
+                    self.applied = (generation, position)
+                continue
+            if deadline is not None:
+                return
+            self._stop.wait(self.config.apply_interval)
+
+    def _commit_position(self, generation: int, position: int) -> bool:
+        path = str(journal.path_of(Path(self.config.journal_dir), generation))
+        try:
+            store.run_in_transaction(self.engine, lambda conn: store.set_journal_position(
+                conn, self.config.node, path, position, datetime.now(timezone.utc)))
+        except DBAPIError as error:
+            self._database_down(error)
+            return False
+        return True
+
+    def _apply(self, batch: journal.Batch, start: int) -> bool:
+        """Apply a batch and its end position in one transaction; False to retry later."""
+        path = str(journal.path_of(Path(self.config.journal_dir), batch.generation))
+        for offset, reason in batch.damaged:
+            self.log(ERROR, f"rlm_cap: {path} offset {offset}: damaged record skipped ({reason})")
+        keep = self.config.keep_unknown
+
+        def work(conn, records, end):
+            for _, record in records:
+                ledger.apply_record(conn, record, keep)
+            store.set_journal_position(conn, self.config.node, path, end, datetime.now(timezone.utc))
+
+        try:
+            store.run_in_transaction(self.engine, lambda conn: work(conn, batch.records, batch.end))
+        except Exception as error:  # noqa: BLE001 - sorted below: outage, or one bad record
+            if _transient(error):
+                self._database_down(error)
+                return False
+            return self._apply_one_by_one(batch, work, error)
+        self._database_up()
+        self._refresh_after_batch()
+        return True
+
+    def _apply_one_by_one(self, batch: journal.Batch, work, error: Exception) -> bool:
+        """A record the ledger cannot apply must not block the journal: find it, log it, skip it."""
+        self.log(ERROR, f"rlm_cap: a journal batch failed ({error!r}); applying its records one by one")
+        ends = [offset for offset, _ in batch.records[1:]] + [batch.end]
+        for (offset, record), end in zip(batch.records, ends):
+            try:
+                store.run_in_transaction(self.engine, lambda conn: work(conn, [(offset, record)], end))
+            except Exception as one_error:  # noqa: BLE001
+                if _transient(one_error):
+                    self._database_down(one_error)
+                    return False
+                self.log(ERROR, f"rlm_cap: journal record at offset {offset} skipped, it cannot be applied: "
+                                f"{one_error!r} (user {record.username!r}, session {record.session_id!r})")
+                store.run_in_transaction(self.engine, lambda conn: work(conn, [], end))
+        return True
+
+    def _refresh_after_batch(self) -> None:
+        try:
+            self.refresh_state()
+        except DBAPIError as error:
+            self._database_down(error)
+
+    # ------------------------------------------------------------------ logging of outages
+
+    def _database_down(self, error: Exception) -> None:
+        if self._db_down_since is None:
+            self._db_down_since = time.monotonic()
+            reason = str(getattr(error, "orig", error)).splitlines()[0]
+            self.log(ERROR, f"rlm_cap: database unavailable ({reason}); "
+                            + ("records wait in the journal" if self.writer else "the NAS will retransmit"))
+
+    def _database_up(self) -> None:
+        if self._db_down_since is not None:
+            self.log(INFO, f"rlm_cap: database back after {time.monotonic() - self._db_down_since:.1f} s")
+            self._db_down_since = None

@@ -1,0 +1,114 @@
+"""From rlm_python3's attribute tuples to typed accounting records. Pure.
+
+rlm_python3 hands every attribute as a ``(name, value)`` pair of strings, in
+packet order, duplicates kept. This module turns them into an
+``AccountingRecord`` or raises ``MalformedPacket`` with a message fit for a log
+line. It never trusts the NAS's clock unless told to: the time of a record is
+the server's receive time minus Acct-Delay-Time.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from .counters import ACCOUNTING_OFF, ACCOUNTING_ON, INTERIM, START, STOP, AccountingRecord
+
+# "Alive" is RFC 2866's older name of Interim-Update.
+STATUS_NAMES = {"Start": START, "Stop": STOP, "Interim-Update": INTERIM, "Alive": INTERIM,
+                "Accounting-On": ACCOUNTING_ON, "Accounting-Off": ACCOUNTING_OFF,
+                "1": START, "2": STOP, "3": INTERIM, "7": ACCOUNTING_ON, "8": ACCOUNTING_OFF}
+
+# Attribute that the site's preacct section fills with Event-Timestamp as epoch
+# seconds (``%{integer:Event-Timestamp}``): the text form must never be parsed.
+EVENT_EPOCH = "Tmp-Integer-0"
+MAX_DELAY = 7 * 86400  # an Acct-Delay-Time beyond a week is a NAS bug, not a delay
+MAX_STRING = 253
+
+
+class MalformedPacket(ValueError):
+    """The packet cannot be accounted; the message says why."""
+
+
+class IgnoredPacket(Exception):
+    """A well-formed packet that carries no usage (e.g. an unknown Acct-Status-Type)."""
+
+
+def _first(attributes) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for pair in attributes or ():
+        if isinstance(pair, (tuple, list)) and len(pair) >= 2:
+            name, value = pair[0], pair[-1]
+            if isinstance(name, str) and isinstance(value, str) and name not in values:
+                values[name] = value
+    return values
+
+
+def _number(values: dict[str, str], name: str) -> int | None:
+    text = values.get(name)
+    if text is None or text == "":
+        return None
+    text = text.strip()
+    if not text.isdigit():
+        raise MalformedPacket(f"{name} is not a whole number >= 0: {text[:40]!r}")
+    value = int(text)
+    if value >= 2**64:
+        raise MalformedPacket(f"{name} is beyond 64 bits: {text[:40]!r}")
+    return value
+
+
+def _string(values: dict[str, str], name: str) -> str | None:
+    value = values.get(name)
+    if value is None:
+        return None
+    if len(value) > MAX_STRING:
+        raise MalformedPacket(f"{name} is longer than {MAX_STRING} characters")
+    return value
+
+
+def nas_key(values: dict[str, str]) -> str | None:
+    """NAS-IP-Address, else NAS-IPv6-Address, else NAS-Identifier."""
+    for name in ("NAS-IP-Address", "NAS-IPv6-Address", "NAS-Identifier"):
+        value = _string(values, name)
+        if value:
+            return value
+    return None
+
+
+def parse_accounting(attributes, received_at: float, trust_event_timestamp: bool = False) -> AccountingRecord:
+    """Turn one Accounting-Request into a record; ``received_at`` is epoch seconds."""
+    values = _first(attributes)
+    status_text = values.get("Acct-Status-Type")
+    if status_text is None:
+        raise MalformedPacket("no Acct-Status-Type")
+    status = STATUS_NAMES.get(status_text.strip())
+    if status is None:
+        raise IgnoredPacket(f"Acct-Status-Type {status_text[:40]!r} carries no usage")
+    nas = nas_key(values)
+    if nas is None:
+        raise MalformedPacket("no NAS-IP-Address, NAS-IPv6-Address or NAS-Identifier")
+
+    event = _number(values, EVENT_EPOCH) if trust_event_timestamp else None
+    if event is not None and event > 0:
+        moment = float(event)
+    else:
+        delay = min(_number(values, "Acct-Delay-Time") or 0, MAX_DELAY)
+        moment = received_at - delay
+    at = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=moment)
+
+    if status in (ACCOUNTING_ON, ACCOUNTING_OFF):
+        return AccountingRecord(status, nas, "", "", at, nas_ip=values.get("NAS-IP-Address"))
+    username = _string(values, "User-Name")
+    if not username:
+        raise MalformedPacket("no User-Name")
+    session_id = _string(values, "Acct-Session-Id")
+    if not session_id:
+        raise MalformedPacket("no Acct-Session-Id")
+    return AccountingRecord(
+        status, nas, session_id, username, at,
+        input_octets=_number(values, "Acct-Input-Octets"),
+        input_gigawords=_number(values, "Acct-Input-Gigawords"),
+        output_octets=_number(values, "Acct-Output-Octets"),
+        output_gigawords=_number(values, "Acct-Output-Gigawords"),
+        session_time=_number(values, "Acct-Session-Time"),
+        framed_ip=_string(values, "Framed-IP-Address"),
+        nas_ip=values.get("NAS-IP-Address"))
