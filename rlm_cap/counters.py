@@ -115,7 +115,10 @@ def advance(session: Session | None, record: AccountingRecord) -> Step:
         began = record.time
         if record.status != START and record.session_time:
             # Interim/Stop without a Start: the session ran for Acct-Session-Time.
-            began = record.time - timedelta(seconds=record.session_time)
+            try:
+                began = record.time - timedelta(seconds=record.session_time)
+            except OverflowError:  # a session time beyond any date: its start is unknown
+                pass
         fresh = Session(0, 0, None, began, began)
         step = _count(fresh, record)
         return replace(step, new_session=True,

@@ -76,6 +76,7 @@ def period_after(period: Period, tz: ZoneInfo, billing_day: int | None = None) -
 
 def months_after(moment: datetime, months: int, tz: ZoneInfo) -> datetime:
     """The same local day ``months`` later (clamped), at local midnight: expiry dates."""
+    _require_aware(moment)
     local = moment.astimezone(tz)
     year, month = _add_months(local.year, local.month, months)
     day = min(local.day, calendar.monthrange(year, month)[1])
@@ -116,6 +117,9 @@ def parse_time_frame(text: str) -> TimeFrame:
         start, end = time.fromisoformat(start_text), time.fromisoformat(end_text)
     except ValueError:
         raise ValueError(f"not a time frame: {text!r} (times are HH:MM)") from None
+    if start.tzinfo is not None or end.tzinfo is not None:
+        # fromisoformat reads "04:00-05:00" as a UTC offset; frames are wall clock in the service's zone
+        raise ValueError(f"not a time frame: {text!r} (times are HH:MM, without a UTC offset)")
     days = ALL_DAYS
     if len(parts) == 2:
         try:

@@ -116,12 +116,16 @@ def parse_rate(rate: str) -> tuple[int, int]:
 
 
 def reduce_rate(rate: str, percent: int) -> str:
-    """``reduce_rate('10M/20M', 50)`` → ``'5M/10M'`` (MikroTik rx/tx)."""
-    if not 0 <= percent <= 100:
-        raise ValueError(f"reduce percent must be 0-100, not {percent}")
+    """``reduce_rate('10M/20M', 50)`` → ``'5M/10M'`` (MikroTik rx/tx).
+
+    A rate of 0 means *no limit* to RouterOS, so the result is never below 1
+    bit/s, and 100 % is refused: that is the action ``block``.
+    """
+    if not 0 <= percent < 100:
+        raise ValueError(f"reduce percent must be 0-99 (100 % is the action block), not {percent}")
     rx, tx = parse_rate(rate)
     keep = 100 - percent
-    return f"{_format_rate(rx * keep // 100)}/{_format_rate(tx * keep // 100)}"
+    return f"{_format_rate(max(rx * keep // 100, 1))}/{_format_rate(max(tx * keep // 100, 1))}"
 
 
 def counted_bytes(direction: str, upload: int, download: int) -> int:

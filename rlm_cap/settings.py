@@ -35,7 +35,7 @@ def _count(text: str) -> int:
 def _zone(text: str) -> str:
     try:
         ZoneInfo(text)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory such as "Europe"
         raise ValueError(f"unknown time zone {text!r} (use an IANA name like Europe/Berlin)") from None
     return text
 

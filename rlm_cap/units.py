@@ -70,4 +70,7 @@ def parse_money(text: str | Decimal) -> Decimal:
         raise ValueError(f"not an amount of money: {text!r} (write it like 10 or 9.99)") from None
     if not value.is_finite():
         raise ValueError(f"not an amount of money: {text!r}")
-    return value.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+    try:
+        return value.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+    except InvalidOperation:  # more digits than the decimal context holds
+        raise ValueError(f"not an amount of money: {text!r} (too large)") from None
