@@ -1,12 +1,12 @@
 # rlm_cap — the two front-door commands:
 #   make demo   the main job on the embedded SQLite default
-#   make test   installs what is missing (MariaDB, the virtualenv) and runs every test
+#   make test   installs what is missing (MariaDB, FreeRADIUS, the virtualenv) and runs every test
 VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test demo venv mariadb clean
+.PHONY: test demo venv mariadb freeradius clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,10 @@ venv: $(STAMP)
 mariadb:
 	sh .ci/ensure-mariadb
 
-test: venv mariadb
+freeradius:
+	sh .ci/ensure-freeradius
+
+test: venv mariadb freeradius
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 demo: venv

@@ -83,6 +83,10 @@ def engine(db_url):
 def world(engine):
     """A 10 GB plan with a 00:00-04:00 bonus frame, 5 GB / 10 GB top-up plans,
     an 80 % notification, and customer alice with service alice@isp."""
+    return make_world(engine)
+
+
+def make_world(engine) -> dict:
     with engine.begin() as conn:
         plan_id = store.add_plan(conn, name="Home 10GB", monthly_limit=10 * GB, action="reduce",
                                  reduce_percent=50, normal_rate="10M/20M", bonus_limit=5 * GB,

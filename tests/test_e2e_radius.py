@@ -1,0 +1,150 @@
+"""rlm_cap inside real FreeRADIUS 3.2 (multi-threaded, started on loopback ports), a pyrad NAS in front."""
+
+from __future__ import annotations
+
+import calendar
+from datetime import datetime, timezone
+
+import pytest
+from pyrad import packet as radius_packet
+
+from rlm_cap import ledger, store
+
+from .conftest import GB
+from .harness import FreeRadius, Nas, wait_for
+
+USER = "alice@isp"
+
+
+def totals(engine, username=USER) -> tuple[int, int, int]:
+    """(upload, download, bonus) of every period of the service."""
+    with engine.begin() as conn:
+        service = store.find_service(conn, username)
+        rows = store.list_periods(conn, service["id"])
+    return (sum(r["upload_bytes"] for r in rows), sum(r["download_bytes"] for r in rows),
+            sum(r["bonus_bytes"] for r in rows))
+
+
+def wait_totals(engine, expected, username=USER, timeout=20):
+    wait_for(lambda: totals(engine, username)[:2] == expected, timeout=timeout,
+             what=f"usage of {username} to reach {expected} (now {totals(engine, username)[:2]})")
+
+
+@pytest.fixture
+def radius(db_url, tmp_path):
+    """Start FreeRADIUS with rlm_cap; every instance is killed at the end."""
+    started: list[FreeRadius] = []
+
+    def start(mode="journal", name="r1", **settings) -> FreeRadius:
+        server = FreeRadius(db_url, tmp_path / name, mode=mode, node=name, settings=settings).start()
+        started.append(server)
+        return server
+    yield start
+    for server in started:
+        server.kill()
+
+
+@pytest.mark.parametrize("mode", ["journal", "sync"])
+def test_start_five_interims_stop_gives_exact_usage(radius, engine, world, mode):
+    nas = Nas(radius(mode))
+    assert nas.accounting("Start", "s1", USER)
+    for i in range(1, 6):
+        assert nas.accounting("Interim-Update", "s1", USER, down=i * 10**8, up=i * 10**7, session_time=i * 60)
+    assert nas.accounting("Stop", "s1", USER, down=5 * 10**8 + 5, up=5 * 10**7 + 3, session_time=301)
+    wait_totals(engine, (5 * 10**7 + 3, 5 * 10**8 + 5))
+    with engine.begin() as conn:
+        [session] = store.session_rows(conn, USER)
+    assert session["closed"] == "stop" and session["counter_time"] == 301
+
+
+def test_faulty_stream_counts_every_byte_once(radius, engine, world):
+    """Retransmits, reordering, Gigawords past 2^32, a counter reset, a Stop without
+    counters, an Interim without Start, and a NAS reboot reusing session ids."""
+    nas = Nas(radius())
+    g = 2**32
+    send = nas.accounting
+    assert send("Start", "s1", USER)
+    assert send("Interim-Update", "s1", USER, down=1000, up=100, session_time=60)
+    assert send("Interim-Update", "s1", USER, down=1000, up=100, session_time=60)  # retransmit
+    assert send("Interim-Update", "s1", USER, down=g + 5000, up=300, session_time=180)  # before the 120 s one
+    assert send("Interim-Update", "s1", USER, down=g - 10, up=200, session_time=120)  # late: ignored
+    assert send("Interim-Update", "s1", USER, down=400, up=50, session_time=240)  # counter reset: counts 400/50
+    assert send("Stop", "s1", USER, session_time=300)  # no counters: totals kept
+    # An Interim without Start (another session), then the NAS reboots and reuses "s2".
+    assert send("Interim-Update", "s2", USER, down=7000, up=70, session_time=600)
+    assert send("Accounting-On")
+    assert send("Interim-Update", "s2", USER, down=800, up=8, session_time=30)
+    expected_down = (g + 5000) + 400 + 7000 + 800
+    expected_up = 300 + 50 + 70 + 8
+    wait_totals(engine, (expected_up, expected_down))
+    with engine.begin() as conn:
+        sessions = store.session_rows(conn, USER)
+    assert [(s["acct_session_id"], s["closed"]) for s in sessions] == [
+        ("s1", "nas-restart"), ("s2", "nas-restart"), ("s2", None)]
+
+
+def test_bonus_frame_split_across_four_oclock(radius, engine, world):
+    """With trust_event_timestamp, 03:00 -> 05:00 puts half the bytes in the 00:00-04:00 frame."""
+    nas = Nas(radius(trust_event_timestamp="yes"))
+    now = datetime.now(timezone.utc)
+    night = calendar.timegm(datetime(now.year, now.month, 2, 3, 0, tzinfo=timezone.utc).timetuple())
+    assert nas.accounting("Start", "s1", USER, event_time=night)
+    assert nas.accounting("Interim-Update", "s1", USER, down=2 * GB, up=0, session_time=7200,
+                          event_time=night + 7200)
+    wait_totals(engine, (0, 2 * GB))
+    assert totals(engine)[2] == GB
+    with engine.begin() as conn:
+        buckets = {b["kind"]: b["used"] for b in store.bucket_rows(conn, world["service_id"])}
+    assert buckets == {"monthly": GB, "bonus": GB}
+
+
+@pytest.mark.parametrize("action, expected", [
+    ("block", None), ("fixed", "1M/1M"), ("reduce", "5M/10M")])
+def test_login_of_a_capped_service_gets_the_plan_action(radius, engine, world, action, expected):
+    with engine.begin() as conn:
+        store.update_plan(conn, world["plan_id"], action=action, fixed_rate="1M/1M")
+        store.set_time_frames(conn, world["plan_id"], [])  # the receive time must not fall in a bonus frame
+    server = radius()
+    nas = Nas(server)
+    assert nas.accounting("Start", "s1", USER)
+    assert nas.accounting("Interim-Update", "s1", USER, down=11 * GB, up=0, session_time=60)
+    wait_for(lambda: _state(engine) == "capped", what="the service to be capped")
+
+    def login_reply():
+        reply = nas.login(USER)
+        capped = reply.code == radius_packet.AccessReject or "Mikrotik-Rate-Limit" in reply
+        return reply if capped else None
+    reply = wait_for(login_reply, timeout=10, what="authorize to see the capped state")
+    if expected is None:
+        assert reply.code == radius_packet.AccessReject
+        assert reply["Reply-Message"] == ["Your data cap is reached. Buy a top-up to reconnect."]
+    else:
+        assert reply.code == radius_packet.AccessAccept
+        assert reply["Mikrotik-Rate-Limit"] == [expected]
+
+
+def test_login_of_a_user_without_cap_is_left_alone(radius, engine, world):
+    reply = Nas(radius()).login("somebody-else")
+    assert reply.code == radius_packet.AccessAccept
+    assert "Mikrotik-Rate-Limit" not in reply and "Reply-Message" not in reply
+
+
+def test_unknown_user_is_answered_and_not_stored(radius, engine, world):
+    nas = Nas(radius(mode="sync"))
+    assert nas.accounting("Interim-Update", "x1", "nobody", down=5, up=5, session_time=5)
+    with engine.begin() as conn:
+        assert store.session_rows(conn, "nobody") == []
+
+
+def test_invalid_utf8_is_answered_and_quarantined(radius, engine, world):
+    server = radius()
+    nas = Nas(server)
+    assert nas.accounting("Interim-Update", "q1", b"bad\xff\xfeuser", down=10, up=1, session_time=5)
+    wait_for(lambda: "q1" in server.quarantine(), what="the packet in the quarantine file")
+    files = list((server.directory / "radacct").glob("rlm_cap-quarantine-*"))
+    assert files and all(f.stat().st_mode & 0o077 == 0 for f in files)
+
+
+def _state(engine) -> str:
+    with engine.begin() as conn:
+        return store.find_service(conn, USER)["cap_state"]
