@@ -10,7 +10,7 @@ writes a history row.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from zoneinfo import ZoneInfo
@@ -197,7 +197,13 @@ def settle(conn: Connection, ctx: Context, now: datetime,
     evaluation = policy.evaluate(plan, ctx.settings, account(conn, ctx, now, period_row), now)
     applied = 0
     while evaluation.auto_topup_due and applied < 12:  # bounded: each one is paid for
-        apply_topup(conn, ctx, "auto", SYSTEM, now, plan.auto_topup_plan)
+        try:
+            apply_topup(conn, ctx, "auto", SYSTEM, now, plan.auto_topup_plan)
+        except Refused as refusal:
+            # evaluate() saw an unlocked balance; apply_topup checks the locked row.
+            evaluation = replace(evaluation, state=policy.CAPPED, auto_topup_due=False,
+                                 auto_topup_refused=str(refusal).removeprefix("top-up refused: "))
+            break
         ctx = load_context(conn, store.find_service(conn, sid))
         period_row = store.find_period(conn, sid, period_row["period_start"])
         evaluation = policy.evaluate(plan, ctx.settings, account(conn, ctx, now, period_row), now)

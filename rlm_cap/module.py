@@ -59,6 +59,7 @@ class Config:
     trust_event_timestamp: bool = False
     state_refresh: float = 2.0
     rate_attribute: str = "Mikrotik-Rate-Limit"
+    total_limit_reply: bool = False
     reject_message: str = "Your data cap is reached. Buy a top-up to reconnect."
     drain_timeout: float = 10.0
 
@@ -82,6 +83,7 @@ class Config:
             trust_event_timestamp=_flag(values.get("trust_event_timestamp", "no")),
             state_refresh=float(values.get("state_refresh", cls.state_refresh)),
             rate_attribute=values.get("rate_attribute", cls.rate_attribute),
+            total_limit_reply=_flag(values.get("total_limit_reply", "no")),
             reject_message=values.get("reject_message", cls.reject_message),
             drain_timeout=float(values.get("drain_timeout", cls.drain_timeout)))
         if typed["batch_size"] < 1 or typed["apply_interval"] <= 0 or typed["state_refresh"] <= 0:
@@ -102,6 +104,7 @@ class Module:
         self.engine = None
         self.writer: journal.Writer | None = None
         self.capped: dict[str, tuple[str, tuple]] = {}
+        self.remaining: dict[str, int] = {}  # User-Name -> bytes left (total_limit_reply)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._db_down_since: float | None = None
@@ -164,7 +167,14 @@ class Module:
     def authorize(self, attributes) -> tuple[str, tuple]:
         username = next((v for n, v in attributes or () if n == "User-Name"), None)
         entry = self.capped.get(username) if username is not None else None
-        return entry if entry is not None else (NOOP, ())
+        if entry is not None:
+            return entry
+        left = self.remaining.get(username) if username is not None else None
+        if left:
+            # The NAS itself stops the session at the CAP, between two interims.
+            return UPDATED, (("Mikrotik-Total-Limit", str(left % 2**32)),
+                             ("Mikrotik-Total-Limit-Gigawords", str(left >> 32)))
+        return NOOP, ()
 
     # ------------------------------------------------------------------ state for authorize
 
@@ -178,6 +188,8 @@ class Module:
     def refresh_state(self) -> None:
         with self.engine.connect() as conn:
             rows = store.capped_services(conn)
+            if self.config.total_limit_reply:
+                self.remaining = store.remaining_data(conn, datetime.now(timezone.utc))
         self.capped = {row["username"]: self._reply_for(row) for row in rows}
 
     def _refresh_loop(self) -> None:

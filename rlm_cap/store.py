@@ -19,7 +19,7 @@ from typing import Iterator
 from sqlalchemy import (
     BigInteger, Boolean, Column, DateTime, ForeignKey, Index, Integer, MetaData,
     Numeric, PrimaryKeyConstraint, SmallInteger, String, Table, Text, Time,
-    TypeDecorator, UniqueConstraint, and_, create_engine, event, func, or_,
+    TypeDecorator, UniqueConstraint, and_, case, create_engine, event, func, or_,
     select, text, update,
 )
 from sqlalchemy.dialects import mysql
@@ -28,7 +28,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from . import counters
 from .periods import ALL_DAYS, DAY_NAMES, TimeFrame
-from .policy import Bucket, NotificationRule, Plan, TopupPlan
+from .policy import NORMAL_KINDS, Bucket, NotificationRule, Plan, TopupPlan
 
 MYSQL = ("mysql", "mariadb")
 
@@ -901,3 +901,14 @@ def capped_services(conn: Connection) -> list[dict]:
                  .join(plans, plans.c.id == services.c.plan_id)
                  .where(services.c.cap_state == "capped"))
     return [dict(r) for r in conn.execute(statement).mappings()]
+
+
+def remaining_data(conn: Connection, now: datetime) -> dict[str, int]:
+    """User-Name → normal data left now (monthly, rollover, top-ups), for services with a CAP."""
+    left = case((buckets.c.size > buckets.c.used, buckets.c.size - buckets.c.used), else_=0)
+    statement = (select(services.c.username, func.sum(left))
+                 .join(buckets, buckets.c.service_id == services.c.id)
+                 .where(buckets.c.kind.in_(NORMAL_KINDS), buckets.c.valid_from <= now,
+                        or_(buckets.c.valid_until.is_(None), buckets.c.valid_until > now))
+                 .group_by(services.c.username))
+    return {username: int(total or 0) for username, total in conn.execute(statement)}

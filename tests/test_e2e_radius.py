@@ -148,3 +148,19 @@ def test_invalid_utf8_is_answered_and_quarantined(radius, engine, world):
 def _state(engine) -> str:
     with engine.begin() as conn:
         return store.find_service(conn, USER)["cap_state"]
+
+
+def test_login_gets_the_remaining_quota_when_configured(radius, engine, world):
+    server = radius(mode="sync", total_limit_reply="yes")
+    nas = Nas(server)
+    assert nas.accounting("Start", "s1", USER)
+    with engine.begin() as conn:
+        store.set_time_frames(conn, world["plan_id"], [])
+    assert nas.accounting("Interim-Update", "s1", USER, down=3 * GB, up=0, session_time=60)
+    left = 7 * GB  # 10 GB monthly limit - 3 GB
+
+    def limit():
+        reply = nas.login(USER)
+        return reply if reply.get("Mikrotik-Total-Limit") == [left % 2**32] else None
+    reply = wait_for(limit, timeout=10, what="the remaining quota in the Access-Accept")
+    assert reply["Mikrotik-Total-Limit-Gigawords"] == [left >> 32]

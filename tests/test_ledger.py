@@ -260,3 +260,23 @@ def test_remove_topup_and_bonus(engine, world):
     assert [b["id"] for b in kinds["bonus"] if b["origin"] == "admin"] == [bonus]
     assert [(h["kind"], h["size"]) for h in history(engine, sid)] == [
         ("topup", 3 * GB), ("removal", -GB), ("bonus", 2 * GB)]
+
+
+def test_auto_topup_refused_under_lock_caps_instead_of_failing(engine, world):
+    """evaluate() reads the balance unlocked; if the locked row cannot pay, the record still applies."""
+    sid = world["service_id"]
+    with engine.begin() as conn:
+        topup = store.find_topup_plan(conn, world["plan_id"], "5GB")
+        store.update_plan(conn, world["plan_id"], auto_topup_plan_id=topup.id)
+        store.update_customer(conn, world["customer_id"], auto_topup=True)
+        store.set_setting(conn, "global", 0, "check_balance", "yes")
+    apply(engine, record(counters.START, NOW))
+    with engine.begin() as conn:
+        ctx = ledger.load_context(conn, store.find_service(conn, sid))
+        store.update_customer(conn, world["customer_id"], balance=Decimal("1"))  # spent meanwhile
+        state = ledger._count_usage(conn, ctx, counters.Step(
+            counters.Session(10 * GB + 1, 0, 60, NOW, NOW), False, 0, 10 * GB + 1, NOW), NOW)
+    assert state == "capped"
+    assert "topup" not in buckets_by_kind(engine, sid)
+    [cap] = [h for h in history(engine, sid) if h["kind"] == "cap_action"]
+    assert "balance 1.00 is below the price 10.00" in cap["detail"]
