@@ -129,8 +129,8 @@ CREATE TABLE services (
 -- Per NAS session: the last totals the NAS reported (SPEC "Accounting semantics").
 CREATE TABLE sessions (
   id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
-  nas VARCHAR(128) COLLATE utf8mb4_bin NOT NULL,             -- NAS-IP-Address or NAS-Identifier
-  acct_session_id VARCHAR(128) COLLATE utf8mb4_bin NOT NULL,
+  nas VARCHAR(253) COLLATE utf8mb4_bin NOT NULL,             -- NAS-IP-Address or NAS-Identifier
+  acct_session_id VARCHAR(253) COLLATE utf8mb4_bin NOT NULL,
   username VARCHAR(253) COLLATE utf8mb4_bin NOT NULL,
   service_id INT UNSIGNED NULL,
   input_total BIGINT UNSIGNED NOT NULL DEFAULT 0,            -- upload, Gigawords included
@@ -158,8 +158,9 @@ CREATE TABLE periods (
   download_bytes BIGINT UNSIGNED NOT NULL DEFAULT 0,
   counted_bytes BIGINT UNSIGNED NOT NULL DEFAULT 0,          -- in the plan's direction
   bonus_bytes BIGINT UNSIGNED NOT NULL DEFAULT 0,            -- inside bonus time frames
-  free_bytes BIGINT UNSIGNED NOT NULL DEFAULT 0,             -- inside unlimited time frames
-  overuse_bytes BIGINT UNSIGNED NOT NULL DEFAULT 0,          -- past the CAP, not yet absorbed
+  free_bytes BIGINT UNSIGNED NOT NULL DEFAULT 0,             -- against no limit (unlimited plan or frame)
+  overuse_bytes BIGINT UNSIGNED NOT NULL DEFAULT 0,          -- past the CAP, in no bucket
+  pending_overuse_bytes BIGINT UNSIGNED NOT NULL DEFAULT 0,  -- of which: before the CAP action (auto top-up may take it)
   closed_at DATETIME(6) NULL,
   PRIMARY KEY (id),
   UNIQUE KEY uq_periods_service_start (service_id, period_start),

@@ -94,6 +94,19 @@ def need(value, what: str, hint: str):
     return value
 
 
+def is_named(found, name: str, column: str = "name") -> bool:
+    """Whether ``found`` (looked up by name or id) really is the row named ``name``.
+
+    The store's finders also match a numeric text against ids, so ``plan add 2``
+    must not be refused only because some other plan has id 2.
+    """
+    if found is None:
+        return False
+    value = found[column] if isinstance(found, dict) else getattr(found, column)
+    row_id = found["id"] if isinstance(found, dict) else found.id
+    return value == name or not (name.isdigit() and row_id == int(name))
+
+
 def plan_row(conn, name: str) -> dict:
     return need(store.find_plan(conn, name), f"plan {name!r}", "see: capctl plan list")
 

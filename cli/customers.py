@@ -7,7 +7,7 @@ import click
 from rlm_cap import ledger, store
 from rlm_cap.settings import LIMITATION_TYPES, parse_setting
 
-from .common import MONEY, actor, customer_row, echo_json, now, transact
+from .common import MONEY, actor, customer_row, echo_json, is_named, now, transact
 
 
 @click.group("customer")
@@ -42,7 +42,7 @@ def customer_add(name, email, phone, partner, balance, auto_topup, billing_day, 
     Example: capctl customer add alice --email alice@example.net --balance 50 --auto-topup --max-topups 3
     """
     def work(conn):
-        if store.find_customer(conn, name) is not None:
+        if is_named(store.find_customer(conn, name), name):
             raise click.ClickException(f"customer {name!r} exists already")
         partner_id = store.ensure_partner(conn, partner) if partner else None
         customer_id = store.add_customer(conn, name, now(), email=email, phone=phone, partner_id=partner_id,

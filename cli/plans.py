@@ -9,7 +9,7 @@ from rlm_cap.policy import ACTIONS, DIRECTIONS
 from rlm_cap.settings import parse_setting
 from rlm_cap.units import format_size
 
-from .common import MONEY, RATE, SIZE, TIME_FRAME, echo_json, need, plan_row, transact
+from .common import MONEY, RATE, SIZE, TIME_FRAME, echo_json, is_named, need, plan_row, transact
 
 
 def plan_options(editing: bool):
@@ -25,7 +25,8 @@ def plan_options(editing: bool):
         click.option("--action", type=click.Choice(ACTIONS), default=default("block"),
                      help="what happens at the CAP"),
         click.option("--fixed-rate", type=RATE, help="Mikrotik-Rate-Limit when capped (action fixed), e.g. 1M/1M"),
-        click.option("--reduce-percent", type=click.IntRange(0, 100), help="speed cut in percent (action reduce)"),
+        click.option("--reduce-percent", type=click.IntRange(1, 99),
+                     help="speed cut in percent, 1-99 (action reduce; 100 % is the action block)"),
         click.option("--rate", type=RATE, help="the plan's normal speed rx/tx, e.g. 10M/20M"),
         click.option("--bonus", "bonus_limit", type=SIZE, help="bonus data usable inside the time frames"),
         click.option("--bonus-unlimited/--no-bonus-unlimited", default=None,
@@ -111,7 +112,7 @@ def plan_add(name: str, **options) -> None:
     --rate 10M/20M --bonus 5GB --time-frame 00:00-04:00 --rollover
     """
     def work(conn):
-        if store.find_plan(conn, name) is not None:
+        if is_named(store.find_plan(conn, name), name):
             raise click.ClickException(f"plan {name!r} exists already; change it with: capctl plan edit {name!r}")
         plan_id = store.add_plan(conn, name=name, **_plan_values(conn, None, options))
         _save_extras(conn, plan_id, options)
@@ -261,7 +262,7 @@ def topup_plan_add(plan_name: str, name: str, size: int, price, valid_months, ca
 
     def work(conn):
         row = plan_row(conn, plan_name)
-        if store.find_topup_plan(conn, row["id"], name) is not None:
+        if is_named(store.find_topup_plan(conn, row["id"], name), name):
             raise click.ClickException(f"plan {plan_name!r} has a top-up plan {name!r} already")
         return store.add_topup_plan(conn, row["id"], name, size, price, valid_months, category, add_to_invoice)
     click.echo(f"top-up plan {name!r} added to {plan_name!r} (id {transact(work)})")

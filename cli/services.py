@@ -7,7 +7,7 @@ import click
 from rlm_cap import ledger, store
 from rlm_cap.policy import OK, UNLIMITED
 
-from .common import actor, customer_row, echo_json, now, plan_row, service_row, transact
+from .common import actor, customer_row, echo_json, is_named, now, plan_row, service_row, transact
 
 
 @click.group("service")
@@ -29,7 +29,7 @@ def service_add(username: str, customer_name: str, plan_name: str, description: 
         raise click.ClickException("USERNAME must be 1-253 characters (the RADIUS User-Name)")
 
     def work(conn):
-        if store.find_service(conn, username) is not None:
+        if is_named(store.find_service(conn, username), username, "username"):
             raise click.ClickException(f"service {username!r} exists already")
         customer = customer_row(conn, customer_name)
         plan = plan_row(conn, plan_name)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from decimal import Decimal
+
 import click
 
-from rlm_cap import store
+from rlm_cap import store, templates
 from rlm_cap.settings import DESCRIPTIONS, Settings, parse_setting, resolve
 
-from .common import customer_row, echo_json, need, plan_row, service_row, transact
+from .common import customer_row, echo_json, need, now, plan_row, service_row, transact
 
 
 def scope_options(function):
@@ -79,6 +82,29 @@ def settings_get(name, partner, plan_name, customer_name, username, as_json) -> 
         click.echo(f"{n:<30} {str(values[n]):<50} ({origin.get(n, 'default')})")
 
 
+def _sample(table) -> dict:
+    """A row of ``table`` with a plausible value per column, to try a template on."""
+    values = {int: 1, bool: True, str: "x", Decimal: Decimal("1.00"), datetime: now()}
+    row = {}
+    for column in table.columns:
+        try:
+            kind = column.type.python_type
+        except NotImplementedError:
+            kind = str
+        row[column.name] = values.get(kind, "x")
+    return row
+
+
+def _check_description(name: str, value: str) -> None:
+    """A top-up description template must render: a broken one would make every such
+    top-up fail, auto top-ups inside accounting included."""
+    try:
+        templates.render(value, size="1 GB", service=_sample(store.services),
+                         customer=_sample(store.customers))
+    except Exception as error:  # noqa: BLE001 - whatever the template does wrong, refuse it
+        raise click.ClickException(f"{name}: {error}") from None
+
+
 @settings.command("set")
 @click.argument("name")
 @click.argument("value")
@@ -96,6 +122,8 @@ def settings_set(name, value, partner, plan_name, customer_name, username) -> No
             parse_setting(name, value)
         except ValueError as error:
             raise click.ClickException(str(error)) from None
+        if name.endswith("_description"):
+            _check_description(name, value)
     elif name not in DESCRIPTIONS:
         raise click.ClickException(f"unknown setting {name!r}; known: {', '.join(sorted(DESCRIPTIONS))}")
 

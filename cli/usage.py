@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 from datetime import datetime
 
 import click
@@ -32,7 +33,8 @@ def usage(username: str, as_json: bool) -> None:
                    "upload_bytes": period["upload_bytes"], "download_bytes": period["download_bytes"],
                    "counted_bytes": period["counted_bytes"], "bonus_bytes": period["bonus_bytes"],
                    "free_bytes": period["free_bytes"], "overuse_bytes": period["overuse_bytes"],
-                   "available_bytes": report.evaluation.normal_remaining,
+                   "available_bytes": (None if report.plan.monthly_limit is None
+                                       else report.evaluation.normal_remaining),
                    "buckets": [{k: b[k] for k in ("id", "kind", "size", "used", "remaining", "valid_from",
                                                    "valid_until", "origin")} for b in report.buckets]})
         return
@@ -47,9 +49,12 @@ def usage(username: str, as_json: bool) -> None:
         lines.append(f"  {b['kind']:<12} #{b['id']:<5} {bar(b['used'], b['size'])} "
                      f"{format_size(b['used']):>9} of {format_size(b['size']):<9} "
                      f"{format_size(b['remaining']):>9} left  {until}{note}")
-    lines.append(f"  available {format_size(report.evaluation.normal_remaining)}"
+    available = ("unlimited" if report.plan.monthly_limit is None
+                 else format_size(report.evaluation.normal_remaining))
+    lines.append(f"  available {available}"
                  + (f", over-use {format_size(period['overuse_bytes'])}" if period["overuse_bytes"] else "")
-                 + (f", free (unlimited frames) {format_size(period['free_bytes'])}" if period["free_bytes"] else ""))
+                 + (f", free (unlimited frames) {format_size(period['free_bytes'])}"
+                    if period["free_bytes"] and report.plan.monthly_limit is not None else ""))
     click.echo("\n".join(lines))
 
 
@@ -78,8 +83,10 @@ def history(username: str, month: str | None, everything: bool, as_json: bool) -
         ctx = ledger.load_context(conn, service_row(conn, username))
         if everything:
             return ctx, None, store.list_history(conn, ctx.service["id"])
+        # The period's first day in that month: billing days 29-31 fall on a short month's last day.
         moment = now() if chosen is None else chosen.replace(
-            day=min(ctx.customer["billing_day"] or 1, 28), hour=12, tzinfo=ctx.tz)
+            day=min(ctx.customer["billing_day"] or 1, calendar.monthrange(chosen.year, chosen.month)[1]),
+            hour=12, tzinfo=ctx.tz)
         period = ctx.period(moment)
         return ctx, period, store.list_history(conn, ctx.service["id"], period.start, period.end)
     ctx, period, rows = transact(work)

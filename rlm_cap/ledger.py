@@ -10,6 +10,7 @@ writes a history row.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -55,7 +56,46 @@ def effective_settings(conn: Connection, service: dict, customer: dict) -> Setti
         ("customer", customer["id"]), ("service", service["id"])]))
 
 
-def load_context(conn: Connection, service: dict) -> Context:
+class ContextCache:
+    """What the applier reads for every record of a service, kept for ``ttl`` seconds.
+
+    Plan, time frames, notification rules, settings and the customer row (its
+    auto top-up switch and billing day; money is always re-read under lock
+    where it is charged) change rarely; the service row itself, with its CAP
+    state, is never cached. An operator's change shows within ``ttl``.
+    """
+
+    def __init__(self, ttl: float = 10.0, clock=time.monotonic):
+        self.ttl, self.clock = ttl, clock
+        self._contexts: dict[tuple, tuple[float, Context]] = {}
+        self._periods: dict[tuple[int, datetime], int] = {}
+
+    def context(self, conn: Connection, service: dict) -> Context:
+        key = (service["id"], service["plan_id"], service["customer_id"])
+        hit = self._contexts.get(key)
+        if hit is not None and self.clock() - hit[0] < self.ttl:
+            return replace(hit[1], service=service)
+        ctx = _load_context(conn, service)
+        self._contexts[key] = (self.clock(), ctx)
+        return ctx
+
+    def period_id(self, conn: Connection, ctx: Context, now: datetime) -> int:
+        key = (ctx.service["id"], ctx.period(now).start)
+        if key not in self._periods:
+            self._periods[key] = open_period(conn, ctx, now)["id"]
+        return self._periods[key]
+
+    def clear(self) -> None:
+        """Forget everything (after a rolled-back transaction, cached ids may not exist)."""
+        self._contexts.clear()
+        self._periods.clear()
+
+
+def load_context(conn: Connection, service: dict, cache: ContextCache | None = None) -> Context:
+    return cache.context(conn, service) if cache is not None else _load_context(conn, service)
+
+
+def _load_context(conn: Connection, service: dict) -> Context:
     customer = store.find_customer(conn, service["customer_id"])
     return Context(service, customer, store.load_plan(conn, service["plan_id"]),
                    effective_settings(conn, service, customer),
@@ -118,15 +158,18 @@ class Applied:
     state: str | None = None
 
 
-def apply_record(conn: Connection, record: counters.AccountingRecord, keep_unknown: bool = False) -> Applied:
+def apply_record(conn: Connection, record: counters.AccountingRecord, keep_unknown: bool = False,
+                 cache: ContextCache | None = None) -> Applied:
     """Apply one accounting record: session counters → deltas → buckets → CAP state → outbox.
 
     Idempotent: the session's last totals make a replayed record count nothing.
+    The service row is locked first, so concurrent appliers (two FreeRADIUS
+    nodes) serialise per service.
     """
     if record.status in (counters.ACCOUNTING_ON, counters.ACCOUNTING_OFF):
         store.close_nas_sessions(conn, record.nas)
         return Applied(record.status, note="nas-restart")
-    service = store.find_service(conn, record.username) if record.username else None
+    service = store.find_service(conn, record.username, for_update=True) if record.username else None
     if service is not None and service["username"] != record.username:
         service = None  # a numeric User-Name must not match a service by id
     if service is None and not keep_unknown:
@@ -144,25 +187,29 @@ def apply_record(conn: Connection, record: counters.AccountingRecord, keep_unkno
         return Applied(record.status, None, step.input_delta, step.output_delta, step.note)
     state = service["cap_state"]
     if step.input_delta or step.output_delta:
-        ctx = load_context(conn, store.find_service(conn, service["id"], for_update=True))
-        state = _count_usage(conn, ctx, step, record.time)
+        state = _count_usage(conn, load_context(conn, service, cache), step, record.time, cache)
     return Applied(record.status, service_id, step.input_delta, step.output_delta, step.note, state)
 
 
-def _count_usage(conn: Connection, ctx: Context, step: counters.Step, now: datetime) -> str:
+def _count_usage(conn: Connection, ctx: Context, step: counters.Step, now: datetime,
+                 cache: ContextCache | None = None) -> str:
     plan = ctx.plan
-    period = open_period(conn, ctx, now)
+    period_id = cache.period_id(conn, ctx, now) if cache is not None else open_period(conn, ctx, now)["id"]
     counted = policy.counted_bytes(plan.direction, step.input_delta, step.output_delta)
     normal, frame = split_by_frames(counted, step.interval_start, now, plan.time_frames, ctx.tz)
     buckets = store.load_buckets(conn, ctx.service["id"], now, for_update=True)
     consumption = policy.consume(buckets, normal, frame, plan, ctx.settings, now)
     store.add_used(conn, consumption.taken)
-    bonus_taken = sum(v for k, v in consumption.taken.items()
-                      if any(b.id == k and b.kind == BONUS for b in buckets))
-    store.add_period_usage(conn, period["id"], upload_bytes=step.input_delta,
+    bonus_ids = {b.id for b in buckets if b.kind == BONUS}
+    store.add_period_usage(conn, period_id, upload_bytes=step.input_delta,
                            download_bytes=step.output_delta, counted_bytes=counted,
-                           bonus_bytes=bonus_taken, free_bytes=consumption.free,
-                           overuse_bytes=consumption.overuse)
+                           bonus_bytes=sum(v for k, v in consumption.taken.items() if k in bonus_ids),
+                           free_bytes=consumption.free, overuse_bytes=consumption.overuse,
+                           pending_overuse_bytes=0 if ctx.service["cap_state"] == policy.CAPPED
+                           else consumption.overuse)
+    after = policy.with_consumption(buckets, consumption)
+    if not policy.settle_needed(plan, ctx.service["cap_state"], ctx.rules, buckets, after, now):
+        return ctx.service["cap_state"]
     return settle(conn, ctx, now, consumption)
 
 
@@ -172,7 +219,7 @@ def account(conn: Connection, ctx: Context, now: datetime, period_row: dict) -> 
     period = ctx.period(now)
     return policy.Account(
         buckets=store.load_buckets(conn, ctx.service["id"], now),
-        overuse=period_row["overuse_bytes"],
+        overuse=period_row["pending_overuse_bytes"],
         auto_topup_enabled=bool(ctx.customer["auto_topup"]),
         topups_this_month=store.topups_in(conn, ctx.service["id"], period.start, period.end),
         balance=ctx.customer["balance"])
@@ -220,6 +267,11 @@ def settle(conn: Connection, ctx: Context, now: datetime,
                           SYSTEM, detail=detail)
     if evaluation.state != previous:
         store.update_service(conn, sid, cap_state=evaluation.state, state_changed_at=now)
+        if evaluation.state == policy.CAPPED and period_row["pending_overuse_bytes"]:
+            # Capped now: the over-use so far stays recorded, but no later auto
+            # top-up may take it (SPEC: a top-up is charged for data to come).
+            store.add_period_usage(conn, period_row["id"],
+                                   pending_overuse_bytes=-period_row["pending_overuse_bytes"])
 
     buckets = store.load_buckets(conn, sid, now)
     sent = store.sent_rule_ids(conn, sid, period_row["period_start"])
@@ -240,7 +292,9 @@ def _charge(conn: Connection, ctx: Context, amount: Decimal, category: str, desc
 
 
 def _describe(ctx: Context, template: str, size: int) -> str:
-    return render(template, size=format_size(size), service=ctx.service, customer=ctx.customer)
+    # A service without a description is named by its User-Name, not by "".
+    service = dict(ctx.service, description=ctx.service["description"] or ctx.service["username"])
+    return render(template, size=format_size(size), service=service, customer=ctx.customer)
 
 
 def _compensate(conn: Connection, ctx: Context, overuse: int, period_row: dict, now: datetime) -> None:
@@ -248,7 +302,8 @@ def _compensate(conn: Connection, ctx: Context, overuse: int, period_row: dict, 
     price = (Decimal(overuse) / 10**9 * ctx.plan.overuse_price_per_gb).quantize(
         Decimal("0.01"), rounding=ROUND_HALF_UP)
     bucket_id = store.add_bucket(conn, sid, COMPENSATION, overuse, now, None, "system", now, used=overuse)
-    store.add_period_usage(conn, period_row["id"], overuse_bytes=-overuse)
+    store.add_period_usage(conn, period_row["id"], overuse_bytes=-overuse,
+                           pending_overuse_bytes=-min(overuse, period_row["pending_overuse_bytes"]))
     description = f"Over-usage {format_size(overuse)} for {ctx.service['description'] or ctx.service['username']}"
     _charge(conn, ctx, price, "Top-up", description, False, now)
     store.add_history(conn, sid, now, "compensation", SYSTEM, detail=description, size=overuse,
@@ -295,12 +350,12 @@ def apply_topup(conn: Connection, ctx: Context, origin: str, actor: str, now: da
     # The trigger value lets an auto top-up's service run past the data it had;
     # that over-use belongs to the auto top-up. An operator's or portal top-up
     # starts fresh: reduced-speed traffic while capped stays recorded over-use.
-    absorbed = min(period_row["overuse_bytes"], size) if origin == "auto" else 0
+    absorbed = min(period_row["pending_overuse_bytes"], size) if origin == "auto" else 0
     until = months_after(now, valid_months, ctx.tz) if valid_months else None
     bucket_id = store.add_bucket(conn, sid, TOPUP, size, now, until, origin, now, used=absorbed,
                                  topup_plan_id=topup_plan.id if topup_plan else None)
     if absorbed:
-        store.add_period_usage(conn, period_row["id"], overuse_bytes=-absorbed)
+        store.add_period_usage(conn, period_row["id"], overuse_bytes=-absorbed, pending_overuse_bytes=-absorbed)
     template = {"auto": ctx.settings.auto_topup_description, "admin": ctx.settings.admin_topup_description,
                 "portal": ctx.settings.portal_topup_description}[origin]
     description = _describe(ctx, template, size)

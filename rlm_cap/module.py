@@ -62,6 +62,7 @@ class Config:
     total_limit_reply: bool = False
     reject_message: str = "Your data cap is reached. Buy a top-up to reconnect."
     drain_timeout: float = 10.0
+    cache_ttl: float = 10.0
 
     @classmethod
     def from_radiusd(cls, values: dict) -> "Config":
@@ -85,7 +86,8 @@ class Config:
             rate_attribute=values.get("rate_attribute", cls.rate_attribute),
             total_limit_reply=_flag(values.get("total_limit_reply", "no")),
             reject_message=values.get("reject_message", cls.reject_message),
-            drain_timeout=float(values.get("drain_timeout", cls.drain_timeout)))
+            drain_timeout=float(values.get("drain_timeout", cls.drain_timeout)),
+            cache_ttl=float(values.get("cache_ttl", cls.cache_ttl)))
         if typed["batch_size"] < 1 or typed["apply_interval"] <= 0 or typed["state_refresh"] <= 0:
             raise ValueError("rlm_cap: batch_size, apply_interval and state_refresh must be above zero")
         return cls(**typed)
@@ -109,6 +111,9 @@ class Module:
         self._threads: list[threading.Thread] = []
         self._db_down_since: float | None = None
         self.applied: tuple[int, int] | None = None  # (generation, position) committed
+        # Used by one thread only: the applier (journal) or FreeRADIUS under its module lock (sync).
+        self.cache = ledger.ContextCache(config.cache_ttl)
+        self._refresh_lock = threading.Lock()
 
     # ------------------------------------------------------------------ life cycle
 
@@ -156,11 +161,18 @@ class Module:
                 return NOT_DURABLE
             return OK
         try:
-            store.run_in_transaction(
-                self.engine, lambda conn: ledger.apply_record(conn, record, self.config.keep_unknown))
+            store.run_in_transaction(self.engine, lambda conn: ledger.apply_record(
+                conn, record, self.config.keep_unknown, self.cache))
         except DBAPIError as error:
-            self._database_down(error)
-            return NOT_DURABLE
+            self.cache.clear()
+            if _transient(error):
+                self._database_down(error)
+                return NOT_DURABLE
+            # Not an outage: retransmitting would fail forever. Answer, and let
+            # the site's guard keep the packet in the quarantine file.
+            self.log(ERROR, f"rlm_cap: record of {record.username!r} session {record.session_id!r} "
+                            f"cannot be stored ({str(error.orig).splitlines()[0]}): quarantined")
+            return MALFORMED
         self._database_up()
         return OK
 
@@ -186,11 +198,15 @@ class Module:
         return (UPDATED, ((self.config.rate_attribute, rate),)) if rate else (NOOP, ())
 
     def refresh_state(self) -> None:
-        with self.engine.connect() as conn:
-            rows = store.capped_services(conn)
-            if self.config.total_limit_reply:
-                self.remaining = store.remaining_data(conn, datetime.now(timezone.utc))
-        self.capped = {row["username"]: self._reply_for(row) for row in rows}
+        # The state thread and the applier both refresh: reading and publishing
+        # under one lock keeps an older snapshot from replacing a newer one.
+        with self._refresh_lock:
+            with self.engine.connect() as conn:
+                rows = store.capped_services(conn)
+                remaining = (store.remaining_data(conn, datetime.now(timezone.utc))
+                             if self.config.total_limit_reply else {})
+            self.capped = {row["username"]: self._reply_for(row) for row in rows}
+            self.remaining = remaining
 
     def _refresh_loop(self) -> None:
         while True:
@@ -293,12 +309,13 @@ class Module:
 
         def work(conn, records, end):
             for _, record in records:
-                ledger.apply_record(conn, record, keep)
+                ledger.apply_record(conn, record, keep, self.cache)
             store.set_journal_position(conn, self.config.node, path, end, datetime.now(timezone.utc))
 
         try:
             store.run_in_transaction(self.engine, lambda conn: work(conn, batch.records, batch.end))
         except Exception as error:  # noqa: BLE001 - sorted below: outage, or one bad record
+            self.cache.clear()
             if _transient(error):
                 self._database_down(error)
                 return False
@@ -315,6 +332,7 @@ class Module:
             try:
                 store.run_in_transaction(self.engine, lambda conn: work(conn, [(offset, record)], end))
             except Exception as one_error:  # noqa: BLE001
+                self.cache.clear()
                 if _transient(one_error):
                     self._database_down(one_error)
                     return False

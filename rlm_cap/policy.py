@@ -166,7 +166,7 @@ class Consumption:
 
     taken: dict[int, int] = field(default_factory=dict)
     overuse: int = 0
-    free: int = 0  # inside an unlimited bonus time frame: counted nowhere by design
+    free: int = 0  # counted against no limit: an unlimited plan, or an unlimited bonus time frame
     remaining_before: int = 0  # normal data left before this delta
 
     @property
@@ -179,6 +179,8 @@ def consume(buckets, normal_bytes: int, frame_bytes: int, plan: Plan,
     """Charge counted bytes to buckets. ``normal + frame == result.total`` always."""
     if normal_bytes < 0 or frame_bytes < 0:
         raise ValueError("bytes to consume must not be negative")
+    if plan.monthly_limit is None:  # no CAP: nothing to charge, and no over-use either
+        return Consumption({}, 0, normal_bytes + frame_bytes, 0)
     normal = normal_order(buckets, now, settings.use_topup_first)
     remaining_before = sum(b.remaining for b in normal)
     taken: dict[int, int] = {}
@@ -239,7 +241,10 @@ class Account:
     """The service's data and money, as the policy needs them."""
 
     buckets: tuple[Bucket, ...]
-    overuse: int = 0  # over-use not yet absorbed by a top-up or compensation
+    # Over-use since the data ran out while the service was not capped: what the
+    # auto top-up trigger value measures and what an auto top-up takes over.
+    # Traffic while capped (at reduced speed) is never charged to a later top-up.
+    overuse: int = 0
     auto_topup_enabled: bool = False  # the customer's own switch
     topups_this_month: dict[str, int] = field(default_factory=dict)
     balance: Decimal = Decimal("0")
@@ -344,3 +349,27 @@ def notifications_due(rules, buckets, now: datetime, already_sent: set[int]) -> 
         if percent is not None and percent >= rule.threshold_percent:
             due.append(rule)
     return due
+
+
+def settle_needed(plan: Plan, previous_state: str, rules, before, after, now: datetime) -> bool:
+    """Whether a delta can change the CAP state, make an action or a notification due.
+
+    ``before``/``after`` are the buckets around the delta. False only where the
+    answer is certain: the service stays ``ok`` with normal data left and no
+    threshold rule was crossed, or stays ``unlimited``, or stays ``capped``
+    with nothing that could lift it. The applier then skips the full settle.
+    """
+    if plan.monthly_limit is None:
+        return previous_state != UNLIMITED
+    left = sum(b.remaining for b in normal_order(after, now, False))
+    if previous_state == OK and left > 0:
+        for rule in rules:
+            if rule.source in THRESHOLD_SOURCES:
+                was, now_used = usage_percent(rule.source, before, now), usage_percent(rule.source, after, now)
+                if now_used is not None and now_used >= rule.threshold_percent and (
+                        was is None or was < rule.threshold_percent):
+                    return True
+        return False
+    if previous_state == CAPPED and left == 0:
+        return plan.auto_topup_plan is not None or plan.bonus_after_cap or plan.compensate
+    return True

@@ -40,6 +40,12 @@ def _zone(text: str) -> str:
     return text
 
 
+def _template(text: str) -> str:
+    from .templates import check  # Jinja2 parses only: no I/O
+    check(text)
+    return text
+
+
 def _limitation(text: str) -> str:
     if text not in LIMITATION_TYPES:
         raise ValueError(f"limitation type must be one of {', '.join(LIMITATION_TYPES)}, not {text!r}")
@@ -75,8 +81,8 @@ PARSERS = {
     "transfer_usage": _bool, "use_topup_first": _bool,
     "issue_invoice_with_auto_topup": _bool, "limitation_type": _limitation,
     "max_topups_per_month": _count, "timezone": _zone,
-    "auto_topup_description": str, "admin_topup_description": str,
-    "portal_topup_description": str, "portal_topup": _bool, "pay_before_topup": _bool,
+    "auto_topup_description": _template, "admin_topup_description": _template,
+    "portal_topup_description": _template, "portal_topup": _bool, "pay_before_topup": _bool,
 }
 
 DESCRIPTIONS = {

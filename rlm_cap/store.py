@@ -226,8 +226,9 @@ services = _table(
 sessions = _table(
     "sessions",
     Column("id", BIGINT_ID, primary_key=True, autoincrement=True),
-    Column("nas", BINARY_STRING(128), nullable=False),
-    Column("acct_session_id", BINARY_STRING(128), nullable=False),
+    # RADIUS strings are at most 253 octets; the 3-column key stays under InnoDB's 3,072 bytes.
+    Column("nas", BINARY_STRING(253), nullable=False),
+    Column("acct_session_id", BINARY_STRING(253), nullable=False),
     Column("username", BINARY_STRING(253), nullable=False),
     Column("service_id", INT, ForeignKey("services.id", name="fk_sessions_service")),
     Column("input_total", BIGINT, nullable=False, server_default=_default("0")),
@@ -250,7 +251,8 @@ periods = _table(
     Column("period_start", UTCDateTime, nullable=False),
     Column("period_end", UTCDateTime, nullable=False),
     *(Column(name, BIGINT, nullable=False, server_default=_default("0")) for name in (
-        "upload_bytes", "download_bytes", "counted_bytes", "bonus_bytes", "free_bytes", "overuse_bytes")),
+        "upload_bytes", "download_bytes", "counted_bytes", "bonus_bytes", "free_bytes", "overuse_bytes",
+        "pending_overuse_bytes")),
     Column("closed_at", UTCDateTime),
     UniqueConstraint("service_id", "period_start", name="uq_periods_service_start"),
     Index("ix_periods_end_closed", "period_end", "closed_at"),
@@ -520,7 +522,8 @@ def find_topup_plan(conn: Connection, plan_id: int, name_or_id: str) -> TopupPla
     where = topup_plans.c.name == str(name_or_id)
     if str(name_or_id).isdigit():
         where = or_(where, topup_plans.c.id == int(name_or_id))
-    row = _one(conn, select(topup_plans).where(topup_plans.c.plan_id == plan_id, where))
+    row = _one(conn, select(topup_plans).where(topup_plans.c.plan_id == plan_id, where)
+               .order_by(topup_plans.c.name != str(name_or_id)))
     return _topup_plan(row) if row else None
 
 
@@ -555,11 +558,15 @@ def load_notification_rules(conn: Connection, plan_id: int) -> tuple[Notificatio
 
 
 def copy_notification_rules(conn: Connection, from_plan: int, to_plan: int) -> int:
-    rows = list_notification_rules(conn, from_plan)
-    for r in rows:
-        add_notification_rule(conn, to_plan, r["source"], r["threshold_percent"], r["channel"],
-                              r["subject"], r["body"])
-    return len(rows)
+    """Copy rules the target plan does not have yet (copying twice adds nothing)."""
+    fields = ("source", "threshold_percent", "channel", "subject", "body")
+    have = {tuple(r[f] for f in fields) for r in list_notification_rules(conn, to_plan)}
+    copied = 0
+    for r in list_notification_rules(conn, from_plan):
+        if tuple(r[f] for f in fields) not in have:
+            add_notification_rule(conn, to_plan, *(r[f] for f in fields))
+            copied += 1
+    return copied
 
 
 # --------------------------------------------------------------------------- partners, customers, services
