@@ -47,13 +47,17 @@ def decode(line: bytes) -> AccountingRecord:
     """One journal line → record; ValueError when the line is damaged."""
     try:
         fields = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise ValueError(f"not a journal record ({error})") from None
     if not isinstance(fields, list) or len(fields) != 13 or fields[0] != FORMAT:
         raise ValueError("not a journal record of format 1")
     (_, status, nas, session_id, username, micros, in_o, in_g, out_o, out_g,
      session_time, framed_ip, nas_ip) = fields
-    return AccountingRecord(status, nas, session_id, username, _EPOCH + timedelta(microseconds=micros),
+    try:  # a damaged line can still be JSON of the right shape: its time must not crash the reader
+        at = _EPOCH + timedelta(microseconds=micros)
+    except (TypeError, OverflowError) as error:
+        raise ValueError(f"not a journal record (bad time {str(micros)[:40]!r}: {error})") from None
+    return AccountingRecord(status, nas, session_id, username, at,
                             in_o, in_g, out_o, out_g, session_time, framed_ip, nas_ip)
 
 
@@ -64,6 +68,12 @@ def generations(directory: Path) -> list[int]:
         if match:
             found.append(int(match.group(1)))
     return sorted(found)
+
+
+def generation_of(path: str) -> int | None:
+    """``/var/lib/rlm_cap/journal/journal.7`` → 7; None for a name that is not a journal's."""
+    match = _NAME.match(Path(path).name)
+    return int(match.group(1)) if match else None
 
 
 def path_of(directory: Path, generation: int) -> Path:

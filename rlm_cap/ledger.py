@@ -79,11 +79,11 @@ class ContextCache:
         self._contexts[key] = (self.clock(), ctx)
         return ctx
 
-    def period_id(self, conn: Connection, ctx: Context, now: datetime) -> int:
-        key = (ctx.service["id"], ctx.period(now).start)
-        if key not in self._periods:
-            self._periods[key] = open_period(conn, ctx, now)["id"]
-        return self._periods[key]
+    def known_period(self, ctx: Context, now: datetime) -> int | None:
+        return self._periods.get((ctx.service["id"], ctx.period(now).start))
+
+    def remember_period(self, ctx: Context, now: datetime, period_id: int) -> None:
+        self._periods[(ctx.service["id"], ctx.period(now).start)] = period_id
 
     def clear(self) -> None:
         """Forget everything (after a rolled-back transaction, cached ids may not exist)."""
@@ -160,57 +160,176 @@ class Applied:
 
 def apply_record(conn: Connection, record: counters.AccountingRecord, keep_unknown: bool = False,
                  cache: ContextCache | None = None) -> Applied:
-    """Apply one accounting record: session counters → deltas → buckets → CAP state → outbox.
+    """``apply_records`` for one record (sync mode, capctl simulate, tests)."""
+    return apply_records(conn, [record], keep_unknown, cache)[0]
 
-    Idempotent: the session's last totals make a replayed record count nothing.
-    The service row is locked first, so concurrent appliers (two FreeRADIUS
-    nodes) serialise per service.
+
+def apply_records(conn: Connection, records: list[counters.AccountingRecord], keep_unknown: bool = False,
+                  cache: ContextCache | None = None) -> list[Applied]:
+    """Apply a batch of accounting records in the caller's transaction.
+
+    Session counters → deltas → buckets → CAP state → outbox, idempotent per
+    record: a session's last totals make a replayed record count nothing.
+    Set-based: whatever the batch size, the services, sessions and buckets
+    are read in one statement each and written back in one statement each;
+    only a record that may change the CAP state (``policy.settle_needed``)
+    takes the per-record settle. Services are locked first, in User-Name
+    order, so appliers on several FreeRADIUS nodes serialise per service.
+    Accounting-On/Off splits the batch: it closes the NAS's sessions between
+    the records before and after it.
     """
-    if record.status in (counters.ACCOUNTING_ON, counters.ACCOUNTING_OFF):
-        store.close_nas_sessions(conn, record.nas)
-        return Applied(record.status, note="nas-restart")
-    service = store.find_service(conn, record.username, for_update=True) if record.username else None
-    if service is not None and service["username"] != record.username:
-        service = None  # a numeric User-Name must not match a service by id
-    if service is None and not keep_unknown:
-        return Applied(record.status, note="unknown-user")
-
-    found = store.find_session(conn, record.nas, record.session_id, record.username)
-    step = counters.advance(found[1] if found else None, record)
-    service_id = service["id"] if service else None
-    if step.new_session or found is None:
-        store.insert_session(conn, record, step.session, service_id)
-    elif step.session != found[1] or record.framed_ip:
-        store.save_session(conn, found[0], step.session, record)
-
-    if service is None:
-        return Applied(record.status, None, step.input_delta, step.output_delta, step.note)
-    state = service["cap_state"]
-    if step.input_delta or step.output_delta:
-        state = _count_usage(conn, load_context(conn, service, cache), step, record.time, cache)
-    return Applied(record.status, service_id, step.input_delta, step.output_delta, step.note, state)
+    results: list[Applied] = []
+    segment: list[counters.AccountingRecord] = []
+    for record in records:
+        if record.status in (counters.ACCOUNTING_ON, counters.ACCOUNTING_OFF):
+            results += _apply_segment(conn, segment, keep_unknown, cache)
+            segment = []
+            store.close_nas_sessions(conn, record.nas)
+            results.append(Applied(record.status, note="nas-restart"))
+        else:
+            segment.append(record)
+    return results + _apply_segment(conn, segment, keep_unknown, cache)
 
 
-def _count_usage(conn: Connection, ctx: Context, step: counters.Step, now: datetime,
-                 cache: ContextCache | None = None) -> str:
-    plan = ctx.plan
-    period_id = cache.period_id(conn, ctx, now) if cache is not None else open_period(conn, ctx, now)["id"]
-    counted = policy.counted_bytes(plan.direction, step.input_delta, step.output_delta)
-    normal, frame = split_by_frames(counted, step.interval_start, now, plan.time_frames, ctx.tz)
-    buckets = store.load_buckets(conn, ctx.service["id"], now, for_update=True)
-    consumption = policy.consume(buckets, normal, frame, plan, ctx.settings, now)
-    store.add_used(conn, consumption.taken)
-    bonus_ids = {b.id for b in buckets if b.kind == BONUS}
-    store.add_period_usage(conn, period_id, upload_bytes=step.input_delta,
-                           download_bytes=step.output_delta, counted_bytes=counted,
-                           bonus_bytes=sum(v for k, v in consumption.taken.items() if k in bonus_ids),
-                           free_bytes=consumption.free, overuse_bytes=consumption.overuse,
-                           pending_overuse_bytes=0 if ctx.service["cap_state"] == policy.CAPPED
-                           else consumption.overuse)
-    after = policy.with_consumption(buckets, consumption)
-    if not policy.settle_needed(plan, ctx.service["cap_state"], ctx.rules, buckets, after, now):
-        return ctx.service["cap_state"]
-    return settle(conn, ctx, now, consumption)
+@dataclass
+class _SessionWrite:
+    """A session as the batch leaves it: row id None = to be inserted."""
+
+    row_id: int | None
+    session: counters.Session
+    record: counters.AccountingRecord
+    service_id: int | None
+    framed_ip: str | None
+    changed: bool = False
+
+
+def _apply_segment(conn: Connection, records: list[counters.AccountingRecord], keep_unknown: bool,
+                   cache: ContextCache | None) -> list[Applied]:
+    if not records:
+        return []
+    services = store.services_by_username(conn, {r.username for r in records if r.username})
+    wanted = [r for r in records if r.username in services or keep_unknown]
+    found = store.latest_sessions(conn, {(r.nas, r.session_id, r.username) for r in wanted})
+    current: dict[tuple, _SessionWrite] = {
+        key: _SessionWrite(row_id, session, None, None, None) for key, (row_id, session) in found.items()}
+    inserts: list[_SessionWrite] = []
+    usage: dict[int, list[tuple[counters.AccountingRecord, counters.Step]]] = {}
+    results = []
+    for record in records:
+        service = services.get(record.username)
+        if service is None and not keep_unknown:
+            results.append(Applied(record.status, note="unknown-user"))
+            continue
+        key = (record.nas, record.session_id, record.username)
+        write = current.get(key)
+        step = counters.advance(write.session if write else None, record)
+        service_id = service["id"] if service else None
+        if step.new_session or write is None:
+            write = _SessionWrite(None, step.session, record, service_id, record.framed_ip)
+            inserts.append(write)
+            current[key] = write
+        elif step.session != write.session or record.framed_ip:
+            write.session, write.changed = step.session, True
+            write.framed_ip = record.framed_ip or write.framed_ip
+        if write.record is None:
+            write.record = record
+        if service is not None and (step.input_delta or step.output_delta):
+            usage.setdefault(service_id, []).append((record, step))
+        results.append(Applied(record.status, service_id, step.input_delta, step.output_delta, step.note,
+                               service["cap_state"] if service else None))
+
+    store.insert_sessions(conn, [_session_row(w) for w in inserts])
+    store.update_sessions(conn, {w.row_id: (w.session, w.framed_ip) for w in current.values()
+                                 if w.row_id is not None and w.changed})
+    if usage:
+        states = _count_usage(conn, services, usage, cache)
+        results = [replace(r, state=states.get(r.service_id, r.state)) for r in results]
+    return results
+
+
+def _session_row(write: _SessionWrite) -> dict:
+    record, session = write.record, write.session
+    return dict(nas=record.nas, acct_session_id=record.session_id, username=record.username,
+                service_id=write.service_id, input_total=session.input_total, output_total=session.output_total,
+                counter_time=session.counter_time, last_time=session.last_time, started_at=session.started_at,
+                closed=session.closed, framed_ip=write.framed_ip, nas_ip=record.nas_ip)
+
+
+class _Writes:
+    """Bucket and period increments of a batch, written in one statement each."""
+
+    def __init__(self):
+        self.buckets: dict[int, dict[str, int]] = {}
+        self.periods: dict[int, dict[str, int]] = {}
+
+    def add(self, period_id: int, consumption: policy.Consumption, bonus_ids: set[int], **usage: int) -> None:
+        for bucket_id, amount in consumption.taken.items():
+            used = self.buckets.setdefault(bucket_id, {"used": 0})
+            used["used"] += amount
+        bonus = sum(v for k, v in consumption.taken.items() if k in bonus_ids)
+        columns = self.periods.setdefault(period_id, {})
+        for name, amount in dict(usage, bonus_bytes=bonus, free_bytes=consumption.free,
+                                 overuse_bytes=consumption.overuse).items():
+            columns[name] = columns.get(name, 0) + amount
+
+    def flush(self, conn: Connection) -> None:
+        store.add_many(conn, store.buckets, self.buckets)
+        store.add_many(conn, store.periods, self.periods)
+        self.buckets, self.periods = {}, {}
+
+
+def _count_usage(conn: Connection, services: dict[str, dict],
+                 usage: dict[int, list[tuple[counters.AccountingRecord, counters.Step]]],
+                 cache: ContextCache | None) -> dict[int, str]:
+    """Charge the batch's deltas to buckets; returns each service's CAP state after."""
+    by_id = {s["id"]: s for s in services.values()}
+    earliest = min(record.time for items in usage.values() for record, _ in items)
+    all_buckets = store.buckets_of(conn, list(usage), earliest)
+    writes = _Writes()
+    states = {}
+    for sid, items in usage.items():
+        ctx = load_context(conn, by_id[sid], cache)
+        buckets = all_buckets[sid]
+        for record, step in items:
+            now = record.time
+            period_id, opened = _period(conn, ctx, now, cache, writes)
+            if opened:  # new monthly / bonus / rollover buckets
+                buckets = store.load_buckets(conn, sid, now, for_update=True)
+            plan = ctx.plan
+            counted = policy.counted_bytes(plan.direction, step.input_delta, step.output_delta)
+            normal, frame = split_by_frames(counted, step.interval_start, now, plan.time_frames, ctx.tz)
+            consumption = policy.consume(buckets, normal, frame, plan, ctx.settings, now)
+            after = policy.with_consumption(buckets, consumption)
+            capped = ctx.service["cap_state"] == policy.CAPPED
+            writes.add(period_id, consumption, {b.id for b in buckets if b.kind == BONUS},
+                       upload_bytes=step.input_delta, download_bytes=step.output_delta, counted_bytes=counted,
+                       pending_overuse_bytes=0 if capped else consumption.overuse)
+            if policy.settle_needed(plan, ctx.service["cap_state"], ctx.rules, buckets, after, now):
+                writes.flush(conn)
+                settle(conn, ctx, now, consumption)
+                ctx = load_context(conn, store.find_service(conn, sid), cache)
+                buckets = store.load_buckets(conn, sid, now, for_update=True)
+            else:
+                buckets = after
+        states[sid] = ctx.service["cap_state"]
+    writes.flush(conn)
+    return states
+
+
+def _period(conn: Connection, ctx: Context, now: datetime, cache: ContextCache | None,
+            writes: _Writes) -> tuple[int, bool]:
+    """The id of the period containing ``now``, and whether this call opened it."""
+    known = cache.known_period(ctx, now) if cache is not None else None
+    if known is not None:
+        return known, False
+    row = store.find_period(conn, ctx.service["id"], ctx.period(now).start)
+    opened = row is None
+    if opened:
+        writes.flush(conn)  # the previous period's usage must be in before its rollover is computed
+        row = open_period(conn, ctx, now)
+    if cache is not None:
+        cache.remember_period(ctx, now, row["id"])
+    return row["id"], opened
 
 
 # --------------------------------------------------------------------------- state

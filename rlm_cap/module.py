@@ -39,6 +39,9 @@ MALFORMED = "malformed"  # answer, and let the site's guard keep the packet in t
 ERROR, WARNING, INFO = "error", "warning", "info"
 
 
+_IDLE, _RETRY = object(), object()  # outcomes of one applier step besides a new position
+
+
 def _flag(text: str) -> bool:
     return str(text).strip().lower() in ("yes", "true", "1", "on")
 
@@ -114,6 +117,7 @@ class Module:
         # Used by one thread only: the applier (journal) or FreeRADIUS under its module lock (sync).
         self.cache = ledger.ContextCache(config.cache_ttl)
         self._refresh_lock = threading.Lock()
+        self._outage_lock = threading.Lock()
 
     # ------------------------------------------------------------------ life cycle
 
@@ -212,6 +216,7 @@ class Module:
         while True:
             try:
                 self.refresh_state()
+                self._database_up()
             except DBAPIError as error:
                 self._database_down(error)
             except Exception as error:  # noqa: BLE001 - a bad row must not stop the refresher
@@ -243,8 +248,9 @@ class Module:
             return None
         present = journal.generations(directory)
         if saved is not None:
-            generation, position = int(Path(saved[0]).name.rsplit(".", 1)[-1]), saved[1]
-            if generation in present and journal.file_size(directory, generation) >= position:
+            generation, position = journal.generation_of(saved[0]), saved[1]
+            if generation is not None and generation in present and \
+                    journal.file_size(directory, generation) >= position:
                 for old in present:
                     if old < generation:
                         journal.path_of(directory, old).unlink()
@@ -254,14 +260,17 @@ class Module:
         return (present[0] if present else self.writer.generation), 0
 
     def _apply_loop(self) -> None:
+        """Apply the journal until stopped; no error may end this thread silently."""
         directory = Path(self.config.journal_dir)
-        resume = self._recover()
+        resume = None
         while resume is None:
-            if self._stop.wait(0.5):
+            try:
+                resume = self._recover()
+            except Exception as error:  # noqa: BLE001 - logged; tried again
+                self.log(ERROR, f"rlm_cap: cannot find where the journal was applied up to: {error!r}")
+            if resume is None and self._stop.wait(0.5):
                 return
-            resume = self._recover()
-        generation, position = resume
-        self.applied = resume
+        generation, position = self.applied = resume
         deadline = None
         while True:
             if self._stop.is_set() and deadline is None:
@@ -270,25 +279,37 @@ class Module:
                 self.log(WARNING, "rlm_cap: stopping with journal records not yet applied; "
                                   "they are applied at the next start")
                 return
-            batch = journal.read_batch(directory, generation, position, self.config.batch_size)
-            if batch.records or batch.damaged:
-                if self._apply(batch, position):
-                    position = batch.end
-                    self.applied = (generation, position)
-                else:
-                    self._stop.wait(0.5) if deadline is None else time.sleep(0.5)
-                continue
-            if generation < self.writer.generation or (
-                    journal.file_size(directory, generation) >= self.config.rotate_bytes
-                    and self.writer.rotate(generation, position)):
-                if self._commit_position(generation + 1, 0):
-                    journal.path_of(directory, generation).unlink(missing_ok=True)
-                    generation, position = generation + 1, 0
-                    self.applied = (generation, position)
-                continue
-            if deadline is not None:
-                return
-            self._stop.wait(self.config.apply_interval)
+            try:
+                step = self._apply_step(directory, generation, position)
+            except Exception as error:  # noqa: BLE001 - an I/O error must not stop the applier for good
+                self.log(ERROR, f"rlm_cap: journal applier error, retrying: {error!r}")
+                step = _RETRY
+            if step is _IDLE:
+                if deadline is not None:
+                    return  # drained
+                self._stop.wait(self.config.apply_interval)
+            elif step is _RETRY:
+                time.sleep(0.5) if deadline is not None else self._stop.wait(0.5)
+            else:
+                generation, position = self.applied = step
+
+    def _apply_step(self, directory: Path, generation: int, position: int):
+        """Apply the next batch, or move on to the next journal file.
+
+        Returns the new (generation, position), ``_IDLE`` when caught up, or
+        ``_RETRY`` when the database is unreachable.
+        """
+        batch = journal.read_batch(directory, generation, position, self.config.batch_size)
+        if batch.records or batch.damaged:
+            return (generation, batch.end) if self._apply(batch, position) else _RETRY
+        if generation < self.writer.generation or (
+                journal.file_size(directory, generation) >= self.config.rotate_bytes
+                and self.writer.rotate(generation, position)):
+            if not self._commit_position(generation + 1, 0):
+                return _RETRY
+            journal.path_of(directory, generation).unlink(missing_ok=True)
+            return generation + 1, 0
+        return _IDLE
 
     def _commit_position(self, generation: int, position: int) -> bool:
         path = str(journal.path_of(Path(self.config.journal_dir), generation))
@@ -308,8 +329,7 @@ class Module:
         keep = self.config.keep_unknown
 
         def work(conn, records, end):
-            for _, record in records:
-                ledger.apply_record(conn, record, keep, self.cache)
+            ledger.apply_records(conn, [record for _, record in records], keep, self.cache)
             store.set_journal_position(conn, self.config.node, path, end, datetime.now(timezone.utc))
 
         try:
@@ -350,13 +370,16 @@ class Module:
     # ------------------------------------------------------------------ logging of outages
 
     def _database_down(self, error: Exception) -> None:
-        if self._db_down_since is None:
+        with self._outage_lock:  # three threads report; one line per outage
+            if self._db_down_since is not None:
+                return
             self._db_down_since = time.monotonic()
-            reason = str(getattr(error, "orig", error)).splitlines()[0]
-            self.log(ERROR, f"rlm_cap: database unavailable ({reason}); "
-                            + ("records wait in the journal" if self.writer else "the NAS will retransmit"))
+        reason = str(getattr(error, "orig", error)).splitlines()[0]
+        self.log(ERROR, f"rlm_cap: database unavailable ({reason}); "
+                        + ("records wait in the journal" if self.writer else "the NAS will retransmit"))
 
     def _database_up(self) -> None:
-        if self._db_down_since is not None:
-            self.log(INFO, f"rlm_cap: database back after {time.monotonic() - self._db_down_since:.1f} s")
-            self._db_down_since = None
+        with self._outage_lock:
+            since, self._db_down_since = self._db_down_since, None
+        if since is not None:
+            self.log(INFO, f"rlm_cap: database back after {time.monotonic() - since:.1f} s")

@@ -23,6 +23,8 @@ STATUS_NAMES = {"Start": START, "Stop": STOP, "Interim-Update": INTERIM, "Alive"
 EVENT_EPOCH = "Tmp-Integer-0"
 MAX_DELAY = 7 * 86400  # an Acct-Delay-Time beyond a week is a NAS bug, not a delay
 MAX_STRING = 253
+MAX_TOTAL = 2**63 - 1  # bytes per direction and session: what every supported database stores
+MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z: a later Event-Timestamp is a broken NAS clock
 
 
 class MalformedPacket(ValueError):
@@ -43,17 +45,19 @@ def _first(attributes) -> dict[str, str]:
     return values
 
 
-def _number(values: dict[str, str], name: str) -> int | None:
+def _number(values: dict[str, str], name: str, bits: int = 64) -> int | None:
     text = values.get(name)
     if text is None or text == "":
         return None
     text = text.strip()
-    if not text.isdigit():
+    # isdigit() alone accepts "²" and other Unicode digits, which int() rejects or reads as ASCII.
+    if not (text.isascii() and text.isdigit()):
         raise MalformedPacket(f"{name} is not a whole number >= 0: {text[:40]!r}")
-    value = int(text)
-    if value >= 2**64:
-        raise MalformedPacket(f"{name} is beyond 64 bits: {text[:40]!r}")
-    return value
+    # Check the length first: int() refuses strings of more than 4300 digits with a plain ValueError.
+    digits = text.lstrip("0") or "0"
+    if len(digits) > 20 or int(digits) >= 2**bits:
+        raise MalformedPacket(f"{name} is beyond {bits} bits: {text[:40]!r}")
+    return int(digits)
 
 
 def _string(values: dict[str, str], name: str) -> str | None:
@@ -88,7 +92,7 @@ def parse_accounting(attributes, received_at: float, trust_event_timestamp: bool
         raise MalformedPacket("no NAS-IP-Address, NAS-IPv6-Address or NAS-Identifier")
 
     event = _number(values, EVENT_EPOCH) if trust_event_timestamp else None
-    if event is not None and event > 0:
+    if event is not None and 0 < event <= MAX_EPOCH:
         moment = float(event)
     else:
         delay = min(_number(values, "Acct-Delay-Time") or 0, MAX_DELAY)
@@ -103,12 +107,19 @@ def parse_accounting(attributes, received_at: float, trust_event_timestamp: bool
     session_id = _string(values, "Acct-Session-Id")
     if not session_id:
         raise MalformedPacket("no Acct-Session-Id")
-    return AccountingRecord(
+    record = AccountingRecord(
         status, nas, session_id, username, at,
         input_octets=_number(values, "Acct-Input-Octets"),
         input_gigawords=_number(values, "Acct-Input-Gigawords"),
         output_octets=_number(values, "Acct-Output-Octets"),
         output_gigawords=_number(values, "Acct-Output-Gigawords"),
-        session_time=_number(values, "Acct-Session-Time"),
+        # a RADIUS integer; beyond 32 bits the database column cannot hold it
+        session_time=_number(values, "Acct-Session-Time", bits=32),
         framed_ip=_string(values, "Framed-IP-Address"),
         nas_ip=values.get("NAS-IP-Address"))
+    # A total the database cannot store (SQLite's INTEGER is signed 64-bit) would fail every retry.
+    for direction, total in (("Input", record.input_total), ("Output", record.output_total)):
+        if total is not None and total > MAX_TOTAL:
+            raise MalformedPacket(f"Acct-{direction}-Gigawords * 2^32 + Acct-{direction}-Octets "
+                                  f"is beyond {MAX_TOTAL}")
+    return record

@@ -20,7 +20,7 @@ from sqlalchemy import (
     BigInteger, Boolean, Column, DateTime, ForeignKey, Index, Integer, MetaData,
     Numeric, PrimaryKeyConstraint, SmallInteger, String, Table, Text, Time,
     TypeDecorator, UniqueConstraint, and_, case, create_engine, event, func, or_,
-    select, text, update,
+    select, text, tuple_, update,
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -919,3 +919,79 @@ def remaining_data(conn: Connection, now: datetime) -> dict[str, int]:
                         or_(buckets.c.valid_until.is_(None), buckets.c.valid_until > now))
                  .group_by(services.c.username))
     return {username: int(total or 0) for username, total in conn.execute(statement)}
+
+
+# --------------------------------------------------------------------------- set-based accounting (one batch)
+
+def services_by_username(conn: Connection, usernames) -> dict[str, dict]:
+    """Services of these User-Names, locked (in index order, the same on every node)."""
+    if not usernames:
+        return {}
+    rows = conn.execute(select(services).where(services.c.username.in_(sorted(usernames)))
+                        .order_by(services.c.username).with_for_update()).mappings()
+    return {row["username"]: dict(row) for row in rows}
+
+
+def latest_sessions(conn: Connection, keys) -> dict[tuple[str, str, str], tuple[int, counters.Session]]:
+    """The newest session row of each (nas, acct_session_id, username) key, locked."""
+    if not keys:
+        return {}
+    key = tuple_(sessions.c.nas, sessions.c.acct_session_id, sessions.c.username)
+    rows = conn.execute(select(sessions).where(key.in_(sorted(keys))).order_by(sessions.c.id)
+                        .with_for_update()).mappings()
+    return {(r["nas"], r["acct_session_id"], r["username"]): (r["id"], _session(r)) for r in rows}
+
+
+def insert_sessions(conn: Connection, rows: list[dict]) -> None:
+    if rows:
+        conn.execute(sessions.insert(), rows)
+
+
+def _case(column, values: dict[int, object]):
+    return case(values, value=column)
+
+
+def update_sessions(conn: Connection, changes: dict[int, tuple[counters.Session, str | None]]) -> None:
+    """Write each session's final state of a batch, in one statement."""
+    if not changes:
+        return
+    ids = sorted(changes)
+    values = {
+        "input_total": _case(sessions.c.id, {i: changes[i][0].input_total for i in ids}),
+        "output_total": _case(sessions.c.id, {i: changes[i][0].output_total for i in ids}),
+        "counter_time": _case(sessions.c.id, {i: changes[i][0].counter_time for i in ids}),
+        "last_time": _case(sessions.c.id, {i: UTCDateTime().process_bind_param(changes[i][0].last_time, None)
+                                           for i in ids}),
+        "closed": _case(sessions.c.id, {i: changes[i][0].closed for i in ids}),
+    }
+    framed = {i: changes[i][1] for i in ids if changes[i][1]}
+    if framed:
+        values["framed_ip"] = case(framed, value=sessions.c.id, else_=sessions.c.framed_ip)
+    conn.execute(update(sessions).where(sessions.c.id.in_(ids)).values(**values))
+
+
+def buckets_of(conn: Connection, service_ids, since: datetime) -> dict[int, tuple[Bucket, ...]]:
+    """Unexpired buckets (as of ``since``) of several services, locked, in one query."""
+    result: dict[int, list[Bucket]] = {sid: [] for sid in service_ids}
+    if not service_ids:
+        return {}
+    rows = conn.execute(select(buckets).where(
+        buckets.c.service_id.in_(sorted(service_ids)),
+        or_(buckets.c.valid_until.is_(None), buckets.c.valid_until > since))
+        .order_by(buckets.c.id).with_for_update()).mappings()
+    for row in rows:
+        result[row["service_id"]].append(_bucket(row))
+    return {sid: tuple(found) for sid, found in result.items()}
+
+
+def add_many(conn: Connection, table: Table, deltas: dict[int, dict[str, int]]) -> None:
+    """``column += delta`` for many rows by id, one statement (buckets.used, periods.*_bytes)."""
+    deltas = {row_id: {c: v for c, v in columns.items() if v} for row_id, columns in deltas.items()}
+    deltas = {row_id: columns for row_id, columns in deltas.items() if columns}
+    if not deltas:
+        return
+    names = sorted({c for columns in deltas.values() for c in columns})
+    values = {name: table.c[name] + case({i: cols.get(name, 0) for i, cols in deltas.items()},
+                                         value=table.c.id, else_=0)
+              for name in names}
+    conn.execute(update(table).where(table.c.id.in_(sorted(deltas))).values(**values))

@@ -270,12 +270,14 @@ def test_auto_topup_refused_under_lock_caps_instead_of_failing(engine, world):
         store.update_plan(conn, world["plan_id"], auto_topup_plan_id=topup.id)
         store.update_customer(conn, world["customer_id"], auto_topup=True)
         store.set_setting(conn, "global", 0, "check_balance", "yes")
+    cache = ledger.ContextCache(ttl=3600)
     apply(engine, record(counters.START, NOW))
     with engine.begin() as conn:
-        ctx = ledger.load_context(conn, store.find_service(conn, sid))
+        ledger.load_context(conn, store.find_service(conn, sid), cache)  # caches balance 50.00
         store.update_customer(conn, world["customer_id"], balance=Decimal("1"))  # spent meanwhile
-        state = ledger._count_usage(conn, ctx, counters.Step(
-            counters.Session(10 * GB + 1, 0, 60, NOW, NOW), False, 0, 10 * GB + 1, NOW), NOW)
+    with engine.begin() as conn:
+        state = ledger.apply_record(conn, record(counters.INTERIM, NOW + timedelta(minutes=1), 10 * GB + 1, 0, 60),
+                                    cache=cache).state
     assert state == "capped"
     assert "topup" not in buckets_by_kind(engine, sid)
     [cap] = [h for h in history(engine, sid) if h["kind"] == "cap_action"]
