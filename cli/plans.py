@@ -174,14 +174,14 @@ def plan_show(name: str, as_json: bool) -> None:
              f"  monthly limit   {limit} ({details['direction']})",
              f"  at the CAP      {action}",
              f"  normal rate     {details['normal_rate'] or '-'}",
-             f"  bonus           " + ("unlimited" if details["bonus_unlimited"]
+             "  bonus           " + ("unlimited" if details["bonus_unlimited"]
                                       else format_size(details["bonus_limit"]))
              + (" in " + ", ".join(details["time_frames"]) if details["time_frames"] else " (no time frames)")
              + (", also after the CAP" if details["bonus_after_cap"] else ""),
              f"  rollover        {'yes' if details['rollover'] else 'no'}",
              f"  auto top-up     {details['auto_topup_plan'] or '-'}"
              + (f" (trigger {details['auto_topup_trigger_percent']}%)" if details["auto_topup_plan"] else ""),
-             f"  compensate      " + (f"yes, {details['overuse_price_per_gb']} per GB"
+             "  compensate      " + (f"yes, {details['overuse_price_per_gb']} per GB"
                                       if details["compensate"] else "no")]
     for key, value in sorted(details["settings"].items()):
         lines.append(f"  {key:<15} {value}")

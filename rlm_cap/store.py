@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from . import counters
 from .periods import ALL_DAYS, DAY_NAMES, TimeFrame
@@ -722,10 +722,6 @@ def find_bucket(conn: Connection, bucket_id: int, for_update: bool = False) -> d
     return _one(conn, statement.with_for_update() if for_update else statement)
 
 
-def add_used(conn: Connection, taken: dict[int, int]) -> None:
-    for bucket_id, amount in taken.items():
-        conn.execute(update(buckets).where(buckets.c.id == bucket_id)
-                     .values(used=buckets.c.used + amount))
 
 
 def shrink_bucket(conn: Connection, bucket_id: int, size: int) -> None:
@@ -747,31 +743,10 @@ def _session(row) -> counters.Session:
                             row["last_time"], row["started_at"], row["closed"])
 
 
-def find_session(conn: Connection, nas_key: str, acct_session_id: str, username: str
-                 ) -> tuple[int, counters.Session] | None:
-    """The newest session for a key, locked for update."""
-    row = _one(conn, select(sessions).where(
-        sessions.c.nas == nas_key, sessions.c.acct_session_id == acct_session_id,
-        sessions.c.username == username).order_by(sessions.c.id.desc()).limit(1).with_for_update())
-    return (row["id"], _session(row)) if row else None
 
 
-def insert_session(conn: Connection, record: counters.AccountingRecord, session: counters.Session,
-                   service_id: int | None) -> int:
-    return conn.execute(sessions.insert().values(
-        nas=record.nas, acct_session_id=record.session_id, username=record.username,
-        service_id=service_id, input_total=session.input_total, output_total=session.output_total,
-        counter_time=session.counter_time, last_time=session.last_time, started_at=session.started_at,
-        closed=session.closed, framed_ip=record.framed_ip, nas_ip=record.nas_ip)).inserted_primary_key[0]
 
 
-def save_session(conn: Connection, session_id: int, session: counters.Session,
-                 record: counters.AccountingRecord) -> None:
-    values = dict(input_total=session.input_total, output_total=session.output_total,
-                  counter_time=session.counter_time, last_time=session.last_time, closed=session.closed)
-    if record.framed_ip:
-        values["framed_ip"] = record.framed_ip
-    conn.execute(update(sessions).where(sessions.c.id == session_id).values(**values))
 
 
 def close_nas_sessions(conn: Connection, nas_key: str) -> int:
@@ -871,18 +846,6 @@ def sent_rule_ids(conn: Connection, service_id: int, period_start: datetime) -> 
 
 def notify_key(service_id: int, period_start: datetime, rule_id: int) -> str:
     return f"notify:{service_id}:{period_start:%Y%m%dT%H%M%S}:{rule_id}"
-
-
-# --------------------------------------------------------------------------- NAS clients
-
-def add_nas(conn: Connection, nasname: str, secret: str, shortname: str | None = None,
-            type: str = "mikrotik", coa_port: int = 3799) -> int:
-    return conn.execute(nas.insert().values(nasname=nasname, secret=secret, shortname=shortname,
-                                            type=type, coa_port=coa_port)).inserted_primary_key[0]
-
-
-def is_duplicate(error: Exception) -> bool:
-    return isinstance(error, IntegrityError)
 
 
 # --------------------------------------------------------------------------- journal mode, module caches

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import pytest
 from pyrad import packet as radius_packet
 
-from rlm_cap import ledger, store
+from rlm_cap import store
 
 from .conftest import GB
 from .harness import FreeRadius, Nas, wait_for
