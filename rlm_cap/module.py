@@ -168,9 +168,7 @@ class Module:
             store.run_in_transaction(self.engine, lambda conn: ledger.apply_record(
                 conn, record, self.config.keep_unknown, self.cache))
         except DBAPIError as error:
-            self.cache.clear()
-            if _transient(error):
-                self._database_down(error)
+            if self._failed(error):
                 return NOT_DURABLE
             # Not an outage: retransmitting would fail forever. Answer, and let
             # the site's guard keep the packet in the quarantine file.
@@ -335,9 +333,7 @@ class Module:
         try:
             store.run_in_transaction(self.engine, lambda conn: work(conn, batch.records, batch.end))
         except Exception as error:  # noqa: BLE001 - sorted below: outage, or one bad record
-            self.cache.clear()
-            if _transient(error):
-                self._database_down(error)
+            if self._failed(error):
                 return False
             return self._apply_one_by_one(batch, work, error)
         self._database_up()
@@ -352,9 +348,7 @@ class Module:
             try:
                 store.run_in_transaction(self.engine, lambda conn: work(conn, [(offset, record)], end))
             except Exception as one_error:  # noqa: BLE001
-                self.cache.clear()
-                if _transient(one_error):
-                    self._database_down(one_error)
+                if self._failed(one_error):
                     return False
                 self.log(ERROR, f"rlm_cap: journal record at offset {offset} skipped, it cannot be applied: "
                                 f"{one_error!r} (user {record.username!r}, session {record.session_id!r})")
@@ -367,7 +361,15 @@ class Module:
         except DBAPIError as error:
             self._database_down(error)
 
-    # ------------------------------------------------------------------ logging of outages
+    # ------------------------------------------------------------------ failures and outages
+
+    def _failed(self, error: Exception) -> bool:
+        """After a rolled-back transaction: True when the database is unreachable (try later)."""
+        self.cache.clear()  # cached period ids may name rows that were rolled back
+        if _transient(error):
+            self._database_down(error)
+            return True
+        return False
 
     def _database_down(self, error: Exception) -> None:
         with self._outage_lock:  # three threads report; one line per outage

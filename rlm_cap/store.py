@@ -958,3 +958,82 @@ def add_many(conn: Connection, table: Table, deltas: dict[int, dict[str, int]]) 
                                          value=table.c.id, else_=0)
               for name in names}
     conn.execute(update(table).where(table.c.id.in_(sorted(deltas))).values(**values))
+
+
+# --------------------------------------------------------------------------- the outbox (cap-enforcer)
+
+STATE_ACTIONS = ("block", "fixed", "reduce", "restore")  # change the session on the NAS; only the newest counts
+
+
+def claim_actions(conn: Connection, worker: str, now: datetime, lease_until: datetime, limit: int,
+                  notifications: bool) -> list[dict]:
+    """Lease up to ``limit`` due actions to ``worker``.
+
+    On MariaDB/MySQL the rows are picked ``FOR UPDATE SKIP LOCKED``: two
+    enforcers never pick the same one; on SQLite the transaction is the single
+    writer. A lease that ran out (its enforcer died) makes the action due again.
+    """
+    kind = actions.c.kind == "notify" if notifications else actions.c.kind != "notify"
+    statement = (select(actions.c.id).where(
+        actions.c.status == "pending", actions.c.due_at <= now, kind,
+        or_(actions.c.lease_until.is_(None), actions.c.lease_until < now))
+        .order_by(actions.c.id).limit(limit))
+    if conn.dialect.name in MYSQL:
+        statement = statement.with_for_update(skip_locked=True)
+    ids = [row_id for (row_id,) in conn.execute(statement)]
+    if not ids:
+        return []
+    conn.execute(update(actions).where(actions.c.id.in_(ids)).values(
+        lease_until=lease_until, claimed_by=worker, attempts=actions.c.attempts + 1))
+    return [dict(r) for r in conn.execute(select(actions).where(actions.c.id.in_(ids))
+                                          .order_by(actions.c.id)).mappings()]
+
+
+def finish_action(conn: Connection, action_id: int, worker: str, status: str, result: str,
+                  now: datetime) -> bool:
+    """Record an outcome (done, failed, superseded); False if the lease was lost to another enforcer."""
+    return conn.execute(update(actions).where(actions.c.id == action_id, actions.c.claimed_by == worker,
+                                              actions.c.status == "pending")
+                        .values(status=status, result=result[:500], finished_at=now, lease_until=None)).rowcount == 1
+
+
+def retry_action(conn: Connection, action_id: int, worker: str, due_at: datetime, result: str) -> bool:
+    return conn.execute(update(actions).where(actions.c.id == action_id, actions.c.claimed_by == worker,
+                                              actions.c.status == "pending")
+                        .values(due_at=due_at, lease_until=None, result=result[:500])).rowcount == 1
+
+
+def newer_state_action(conn: Connection, service_id: int, action_id: int) -> bool:
+    """Whether a later CoA/Disconnect for the service exists: then this one is stale."""
+    return conn.execute(select(func.count()).select_from(actions).where(
+        actions.c.service_id == service_id, actions.c.kind.in_(STATE_ACTIONS), actions.c.id > action_id,
+        actions.c.status != "superseded")).scalar() > 0
+
+
+def find_nas(conn: Connection, address: str) -> dict | None:
+    return _one(conn, select(nas).where(nas.c.nasname == address).order_by(nas.c.id).limit(1))
+
+
+def add_nas(conn: Connection, nasname: str, secret: str, shortname: str | None = None,
+            type: str = "mikrotik", coa_port: int = 3799, description: str | None = None) -> int:
+    return conn.execute(nas.insert().values(nasname=nasname, secret=secret, shortname=shortname, type=type,
+                                            coa_port=coa_port, description=description)).inserted_primary_key[0]
+
+
+def list_nas(conn: Connection) -> list[dict]:
+    return [dict(r) for r in conn.execute(select(nas).order_by(nas.c.nasname)).mappings()]
+
+
+def close_session(conn: Connection, session_id: int, how: str) -> None:
+    conn.execute(update(sessions).where(sessions.c.id == session_id, sessions.c.closed.is_(None))
+                 .values(closed=how))
+
+
+def close_stale_sessions(conn: Connection, before: datetime) -> int:
+    """Open sessions with no update since ``before`` (the NAS lost them) are closed."""
+    return conn.execute(update(sessions).where(sessions.c.closed.is_(None), sessions.c.last_time < before)
+                        .values(closed="stale")).rowcount
+
+
+def notification_rule(conn: Connection, rule_id: int) -> dict | None:
+    return _one(conn, select(notification_rules).where(notification_rules.c.id == rule_id))

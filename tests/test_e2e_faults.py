@@ -26,6 +26,22 @@ def own_mariadb(tmp_path):
     database.kill()
 
 
+@pytest.fixture
+def on_own_mariadb(own_mariadb, tmp_path):
+    """start(mode) -> (engine, FreeRADIUS) on a MariaDB of the test's own, with alice's service."""
+    engine = store.make_engine(own_mariadb.url)
+    make_world(engine)
+    servers = []
+
+    def start(mode):
+        servers.append(FreeRadius(own_mariadb.url, tmp_path / "r", mode=mode).start())
+        return engine, servers[-1]
+    yield start
+    for server in servers:
+        server.kill()
+    engine.dispose()
+
+
 def assert_conserved(engine, username=USER) -> None:
     """Every counted byte is in exactly one bucket, or in recorded over-use or free frame time."""
     with engine.begin() as conn:
@@ -51,48 +67,37 @@ def retransmit_until_answered(nas: Nas, i: int, timeout: float = 60, **kwargs) -
     wait_for(send, timeout=timeout, interval=0.2, what=f"interim {i} to be answered")
 
 
-def test_sync_mode_database_killed_mid_stream_nas_retransmits(own_mariadb, tmp_path):
-    engine = store.make_engine(own_mariadb.url)
-    make_world(engine)
-    server = FreeRadius(own_mariadb.url, tmp_path / "r", mode="sync").start()
-    try:
-        nas = Nas(server, timeout=1, retries=1)
-        assert nas.accounting("Start", "s1", USER)
-        for i in range(1, 6):
-            assert interim(nas, i)
-        own_mariadb.kill()
-        assert not interim(nas, 6), "answered while the database was down: that record is not durable"
-        own_mariadb.start()
-        retransmit_until_answered(nas, 6)
-        for i in range(7, 11):
-            assert interim(nas, i)
-        assert totals(engine)[:2] == (10 * STEP_UP, 10 * STEP_DOWN)
-        assert "database unavailable" in server.log
-    finally:
-        server.kill()
-        engine.dispose()
+def test_sync_mode_database_killed_mid_stream_nas_retransmits(own_mariadb, on_own_mariadb):
+    engine, server = on_own_mariadb("sync")
+    nas = Nas(server, timeout=1, retries=1)
+    assert nas.accounting("Start", "s1", USER)
+    for i in range(1, 6):
+        assert interim(nas, i)
+    own_mariadb.kill()
+    assert not interim(nas, 6), "answered while the database was down: that record is not durable"
+    own_mariadb.start()
+    retransmit_until_answered(nas, 6)
+    for i in range(7, 11):
+        assert interim(nas, i)
+    assert totals(engine)[:2] == (10 * STEP_UP, 10 * STEP_DOWN)
+    assert_conserved(engine)
+    assert "database unavailable" in server.log
 
 
-def test_journal_mode_answers_through_a_database_outage_and_applies_the_backlog(own_mariadb, tmp_path):
-    engine = store.make_engine(own_mariadb.url)
-    make_world(engine)
-    server = FreeRadius(own_mariadb.url, tmp_path / "r", mode="journal").start()
-    try:
-        nas = Nas(server, timeout=2, retries=1)
-        assert nas.accounting("Start", "s1", USER)
-        for i in range(1, 6):
-            assert interim(nas, i)
-        wait_totals(engine, (5 * STEP_UP, 5 * STEP_DOWN))
-        own_mariadb.kill()
-        for i in range(6, 21):
-            assert interim(nas, i), "journal mode must keep answering while the database is down"
-        own_mariadb.start()
-        wait_totals(engine, (20 * STEP_UP, 20 * STEP_DOWN), timeout=60)
-        assert_conserved(engine)
-        assert "database unavailable" in server.log and "database back" in server.log
-    finally:
-        server.kill()
-        engine.dispose()
+def test_journal_mode_answers_through_a_database_outage_and_applies_the_backlog(own_mariadb, on_own_mariadb):
+    engine, server = on_own_mariadb("journal")
+    nas = Nas(server, timeout=2, retries=1)
+    assert nas.accounting("Start", "s1", USER)
+    for i in range(1, 6):
+        assert interim(nas, i)
+    wait_totals(engine, (5 * STEP_UP, 5 * STEP_DOWN))
+    own_mariadb.kill()
+    for i in range(6, 21):
+        assert interim(nas, i), "journal mode must keep answering while the database is down"
+    own_mariadb.start()
+    wait_totals(engine, (20 * STEP_UP, 20 * STEP_DOWN), timeout=60)
+    assert_conserved(engine)
+    assert "database unavailable" in server.log and "database back" in server.log
 
 
 def test_freeradius_killed_mid_stream_counts_every_answered_packet_once(db_url, engine, world, tmp_path):
