@@ -199,7 +199,8 @@ CREATE TABLE history (
   actor VARCHAR(64) NOT NULL,                                -- operator name, portal, system
   detail VARCHAR(500) NOT NULL DEFAULT '',
   PRIMARY KEY (id),
-  KEY ix_history_service_at (service_id, at)
+  KEY ix_history_service_at (service_id, at),
+  KEY ix_history_bucket_kind (bucket_id, kind)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 
 -- Settings by scope: global (scope_id 0), partner, plan, customer, service.

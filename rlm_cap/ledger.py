@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 
 from . import counters, policy, store
 from .periods import Period, months_after, period_at, split_by_frames
-from .policy import BONUS, COMPENSATION, MONTHLY, ROLLOVER, TOPUP, TOPUP_KINDS, Plan, TopupPlan
+from .policy import BONUS, COMPENSATION, MONTHLY, TOPUP, TOPUP_KINDS, Plan, TopupPlan
 from .settings import Settings, resolve
 from .templates import render
 from .units import format_size
@@ -107,41 +107,49 @@ def _load_context(conn: Connection, service: dict) -> Context:
 def open_period(conn: Connection, ctx: Context, now: datetime) -> dict:
     """The period row containing ``now``; opens it (buckets, rollover) the first time.
 
-    Idempotent and safe under concurrency: the period row's unique key decides
-    which transaction opens it.
+    The same set-based code as the enforcer's period close, for one service;
+    idempotent and safe under concurrency (keyed inserts).
     """
     period = ctx.period(now)
-    sid = ctx.service["id"]
-    row = store.find_period(conn, sid, period.start)
-    if row is not None:
-        return row
-    if store.insert_period(conn, sid, period.start, period.end):
-        plan = ctx.plan
-        if plan.monthly_limit is not None:
-            store.add_bucket(conn, sid, MONTHLY, plan.monthly_limit, period.start, period.end, "plan",
-                             now, period_start=period.start)
-            if plan.bonus_limit and not plan.bonus_unlimited:
-                store.add_bucket(conn, sid, BONUS, plan.bonus_limit, period.start, period.end, "plan",
-                                 now, period_start=period.start)
-        _roll_over(conn, ctx, period, now)
-    return store.find_period(conn, sid, period.start)
+    row = store.find_period(conn, ctx.service["id"], period.start)
+    if row is None:
+        _open(conn, [ctx.service["id"]], period, ctx.tz, ctx.customer["billing_day"],
+              ctx.settings.rollover_months, now)
+        row = store.find_period(conn, ctx.service["id"], period.start)
+    return row
 
 
-def _roll_over(conn: Connection, ctx: Context, period: Period, now: datetime) -> None:
-    previous = period_at(period.start - timedelta(microseconds=1), ctx.tz, ctx.customer["billing_day"])
-    sid = ctx.service["id"]
-    before = store.find_period(conn, sid, previous.start)
-    if before is None:
-        return
-    store.close_period(conn, before["id"], now)
-    monthly = store.period_bucket(conn, sid, MONTHLY, previous.start)
-    unused = (monthly["size"] - monthly["used"]) if monthly else 0
-    if ctx.plan.rollover and unused > 0:
-        until = months_after(period.start, ctx.settings.rollover_months, ctx.tz)
-        bucket_id = store.add_bucket(conn, sid, ROLLOVER, unused, period.start, until, "system", now,
-                                     period_start=period.start)
-        store.add_history(conn, sid, period.start, "rollover", SYSTEM, size=unused, bucket_id=bucket_id,
-                          detail=f"unused {format_size(unused)} of {previous.label} valid until {until:%Y-%m-%d}")
+def _open(conn: Connection, service_ids: list[int], period: Period, tz: ZoneInfo, billing_day: int | None,
+          rollover_months: int, now: datetime) -> None:
+    previous = period_at(period.start - timedelta(microseconds=1), tz, billing_day)
+    until = months_after(period.start, rollover_months, tz)
+    store.open_periods(conn, service_ids, period.start, period.end, previous.start, until, now)
+
+
+def close_periods(conn: Connection, now: datetime) -> int:
+    """Open the current period of every service whose period ended: rollover, usage reset, restore.
+
+    Set-based: services are grouped by what decides their period (time zone,
+    billing day, rollover validity) and each group is opened in a few
+    statements. Returns how many services were due.
+    """
+    due = store.services_due_for_a_period(conn, now)
+    layers = store.settings_named(conn, ("timezone", "rollover_months"))
+    groups: dict[tuple, list[int]] = {}
+    for row in due:
+        scopes = [("global", 0), ("partner", row["partner_id"]), ("plan", row["plan_id"]),
+                  ("customer", row["customer_id"]), ("service", row["id"])]
+        settings = resolve([layers.get(scope, {}) for scope in scopes])
+        groups.setdefault((settings.timezone, row["billing_day"], settings.rollover_months), []).append(row["id"])
+    for (zone, billing_day, rollover_months), ids in groups.items():
+        tz = ZoneInfo(zone)
+        _open(conn, ids, period_at(now, tz, billing_day), tz, billing_day, rollover_months, now)
+    return len(due)
+
+
+def record_expiries(conn: Connection, now: datetime) -> int:
+    """History for top-up, rollover, transfer and bonus data that expired unused."""
+    return store.record_expiries(conn, now)
 
 
 # --------------------------------------------------------------------------- accounting
@@ -293,8 +301,9 @@ def _count_usage(conn: Connection, services: dict[str, dict],
         for record, step in items:
             now = record.time
             period_id, opened = _period(conn, ctx, now, cache, writes)
-            if opened:  # new monthly / bonus / rollover buckets
+            if opened:  # new monthly / bonus / rollover buckets; a capped service was restored
                 buckets = store.load_buckets(conn, sid, now, for_update=True)
+                ctx = replace(ctx, service=store.find_service(conn, sid))
             plan = ctx.plan
             counted = policy.counted_bytes(plan.direction, step.input_delta, step.output_delta)
             normal, frame = split_by_frames(counted, step.interval_start, now, plan.time_frames, ctx.tz)
@@ -354,6 +363,7 @@ def settle(conn: Connection, ctx: Context, now: datetime,
     """
     sid = ctx.service["id"]
     period_row = open_period(conn, ctx, now)
+    ctx = replace(ctx, service=store.find_service(conn, sid))  # opening a period may have restored it
     previous = ctx.service["cap_state"]
     plan = ctx.plan
     if consumption is not None and plan.compensate and consumption.overuse and consumption.remaining_before:

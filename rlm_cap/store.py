@@ -19,7 +19,7 @@ from typing import Iterator
 from sqlalchemy import (
     BigInteger, Boolean, Column, DateTime, ForeignKey, Index, Integer, MetaData,
     Numeric, PrimaryKeyConstraint, SmallInteger, String, Table, Text, Time,
-    TypeDecorator, UniqueConstraint, and_, case, create_engine, event, func, or_,
+    TypeDecorator, UniqueConstraint, and_, case, cast, create_engine, event, func, literal, or_,
     select, text, tuple_, update,
 )
 from sqlalchemy.dialects import mysql
@@ -287,6 +287,7 @@ history = _table(
     Column("actor", String(64), nullable=False),
     Column("detail", String(500), nullable=False, server_default=""),
     Index("ix_history_service_at", "service_id", "at"),
+    Index("ix_history_bucket_kind", "bucket_id", "kind"),
 )
 
 settings = _table(
@@ -1037,3 +1038,104 @@ def close_stale_sessions(conn: Connection, before: datetime) -> int:
 
 def notification_rule(conn: Connection, rule_id: int) -> dict | None:
     return _one(conn, select(notification_rules).where(notification_rules.c.id == rule_id))
+
+
+# --------------------------------------------------------------------------- periods, set-based (close, rollover)
+
+def _insert_ignore_from(table: Table, columns: list[str], query):
+    statement = table.insert().from_select(columns, query)
+    return statement.prefix_with("IGNORE", dialect="mysql").prefix_with("IGNORE", dialect="mariadb") \
+        .prefix_with("OR IGNORE", dialect="sqlite")
+
+
+def open_periods(conn: Connection, service_ids: list[int], start: datetime, end: datetime,
+                 previous_start: datetime, rollover_until: datetime, now: datetime) -> None:
+    """Open the period [start, end) for many services in a few statements.
+
+    Per service: the period row; the monthly bucket (plans with a CAP) and the
+    bonus bucket (a bonus limit); with rollover, the unused monthly data of
+    the period that began at ``previous_start`` as a bucket valid until
+    ``rollover_until``, with history; the previous periods closed; a capped
+    service restored (outbox + history). Every insert is keyed, so running it
+    again, or on two enforcers at once, changes nothing the second time.
+    """
+    for first in range(0, len(service_ids), 2000):
+        ids = service_ids[first:first + 2000]
+        chosen = services.c.id.in_(ids)
+        conn.execute(_insert_ignore_from(periods, ["service_id", "period_start", "period_end"], select(
+            services.c.id, literal(start, UTCDateTime), literal(end, UTCDateTime)).where(chosen)))
+        on_plan = services.join(plans, plans.c.id == services.c.plan_id)
+        columns = ["service_id", "kind", "size", "used", "valid_from", "valid_until", "period_start", "origin",
+                   "created_at"]
+        for kind, size, condition in (
+                ("monthly", plans.c.monthly_limit, plans.c.monthly_limit.is_not(None)),
+                ("bonus", plans.c.bonus_limit, and_(plans.c.monthly_limit.is_not(None), plans.c.bonus_limit > 0,
+                                                    plans.c.bonus_unlimited.is_(False)))):
+            conn.execute(_insert_ignore_from(buckets, columns, select(
+                services.c.id, literal(kind), size, literal(0), literal(start, UTCDateTime),
+                literal(end, UTCDateTime), literal(start, UTCDateTime), literal("plan"),
+                literal(now, UTCDateTime)).select_from(on_plan).where(chosen, condition)))
+        monthly = buckets.alias("monthly")
+        conn.execute(_insert_ignore_from(buckets, columns, select(
+            monthly.c.service_id, literal("rollover"), monthly.c.size - monthly.c.used, literal(0),
+            literal(start, UTCDateTime), literal(rollover_until, UTCDateTime), literal(start, UTCDateTime),
+            literal("system"), literal(now, UTCDateTime))
+            .select_from(monthly.join(services, services.c.id == monthly.c.service_id)
+                         .join(plans, plans.c.id == services.c.plan_id))
+            .where(monthly.c.service_id.in_(ids), monthly.c.kind == "monthly",
+                   monthly.c.period_start == previous_start, plans.c.rollover.is_(True),
+                   monthly.c.size > monthly.c.used)))
+        detail = (f"unused monthly data of the period from {previous_start:%Y-%m-%d}, "
+                  f"valid until {rollover_until:%Y-%m-%d}")
+        conn.execute(history.insert().from_select(
+            ["service_id", "at", "kind", "size", "bucket_id", "actor", "detail"],
+            select(buckets.c.service_id, literal(start, UTCDateTime), literal("rollover"), buckets.c.size,
+                   buckets.c.id, literal("system"), literal(detail))
+            .where(buckets.c.service_id.in_(ids), buckets.c.kind == "rollover",
+                   buckets.c.period_start == start, buckets.c.created_at == now)))
+        conn.execute(update(periods).where(periods.c.service_id.in_(ids), periods.c.period_start < start,
+                                           periods.c.closed_at.is_(None)).values(closed_at=now))
+        capped = and_(chosen, services.c.cap_state == "capped", plans.c.monthly_limit.is_not(None))
+        key = literal("restore:") + cast(services.c.id, String) + literal(f":{start:%Y%m%dT%H%M%S}")
+        conn.execute(_insert_ignore_from(actions, ["service_id", "kind", "rate", "dedupe_key", "due_at",
+                                                   "created_at"], select(
+            services.c.id, literal("restore"), plans.c.normal_rate, key, literal(now, UTCDateTime),
+            literal(now, UTCDateTime)).select_from(on_plan).where(capped)))
+        conn.execute(history.insert().from_select(["service_id", "at", "kind", "actor", "detail"], select(
+            services.c.id, literal(now, UTCDateTime), literal("restore"), literal("system"),
+            literal("new period: data available again")).select_from(on_plan).where(capped)))
+        conn.execute(update(services).where(services.c.id.in_(
+            select(services.c.id).select_from(on_plan).where(capped).scalar_subquery()))
+            .values(cap_state="ok", state_changed_at=now))
+
+
+def services_due_for_a_period(conn: Connection, now: datetime) -> list[dict]:
+    """Services whose newest period ended by ``now``, with what decides their next one."""
+    latest = (select(periods.c.service_id, func.max(periods.c.period_end).label("ended"))
+              .group_by(periods.c.service_id).subquery())
+    statement = (select(services.c.id, services.c.plan_id, services.c.customer_id, customers.c.partner_id,
+                        customers.c.billing_day)
+                 .join(latest, latest.c.service_id == services.c.id)
+                 .join(customers, customers.c.id == services.c.customer_id)
+                 .where(latest.c.ended <= now))
+    return [dict(r) for r in conn.execute(statement).mappings()]
+
+
+def settings_named(conn: Connection, names) -> dict[tuple[str, int], dict[str, str]]:
+    """Every row of these settings, by (scope, scope_id)."""
+    found: dict[tuple[str, int], dict[str, str]] = {}
+    for row in conn.execute(select(settings).where(settings.c.name.in_(list(names)))).mappings():
+        found.setdefault((row["scope"], row["scope_id"]), {})[row["name"]] = row["value"]
+    return found
+
+
+def record_expiries(conn: Connection, now: datetime) -> int:
+    """History rows for top-up, rollover, transfer and bonus data that expired unused (once each)."""
+    earlier = select(history.c.id).where(history.c.bucket_id == buckets.c.id, history.c.kind == "expiry")
+    return conn.execute(history.insert().from_select(
+        ["service_id", "at", "kind", "size", "bucket_id", "actor", "detail"],
+        select(buckets.c.service_id, buckets.c.valid_until, literal("expiry"),
+               cast(buckets.c.used, BigInteger) - cast(buckets.c.size, BigInteger),  # UNSIGNED - UNSIGNED < 0 fails
+               buckets.c.id, literal("system"), literal("unused data expired"))
+        .where(buckets.c.valid_until <= now, buckets.c.size > buckets.c.used, buckets.c.origin != "plan",
+               ~earlier.exists()))).rowcount

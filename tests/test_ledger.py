@@ -282,3 +282,37 @@ def test_auto_topup_refused_under_lock_caps_instead_of_failing(engine, world):
     assert "topup" not in buckets_by_kind(engine, sid)
     [cap] = [h for h in history(engine, sid) if h["kind"] == "cap_action"]
     assert "balance 1.00 is below the price 10.00" in cap["detail"]
+
+
+def test_a_new_period_restores_a_capped_service_once(engine, world):
+    sid = world["service_id"]
+    apply(engine, *session_stream(NOW, [(11 * GB, 0)]))
+    assert service(engine, sid)["cap_state"] == "capped"
+    december = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+    apply(engine, record(counters.INTERIM, december, 11 * GB + 100, 0, 3600 * 24 * 28))
+    assert service(engine, sid)["cap_state"] == "ok"
+    assert [a["kind"] for a in actions(engine, sid) if a["kind"] != "notify"] == ["reduce", "restore"]
+
+
+def test_close_periods_is_set_based_idempotent_and_rolls_over(engine, world):
+    """The enforcer's period close: every due service at once, twice changes nothing."""
+    sid = world["service_id"]
+    with engine.begin() as conn:
+        second = store.add_service(conn, world["customer_id"], world["plan_id"], "bob@isp", "", NOW, "ok")
+    apply(engine, *session_stream(NOW, [(4 * GB, 0)]))
+    apply(engine, *session_stream(NOW, [(11 * GB, 0)], user="bob@isp", session="b1"))
+    assert service(engine, second)["cap_state"] == "capped"
+    december = datetime(2026, 12, 1, 0, 5, tzinfo=timezone.utc)
+    for _ in range(2):
+        with engine.begin() as conn:
+            ledger.close_periods(conn, december)
+    for service_id, unused in ((sid, 6 * GB), (second, 0)):
+        kinds = buckets_by_kind(engine, service_id)
+        assert [b["period_start"].month for b in kinds["monthly"]] == [11, 12]
+        assert [b["size"] for b in kinds.get("rollover", [])] == ([unused] if unused else [])
+    assert service(engine, second)["cap_state"] == "ok"
+    assert [a["kind"] for a in actions(engine, second) if a["kind"] == "restore"] == ["restore"]
+    assert [h["kind"] for h in history(engine, sid)] == ["rollover"]
+    with engine.begin() as conn:
+        assert all(p["closed_at"] is not None for p in store.list_periods(conn, sid)[:-1])
+        assert ledger.close_periods(conn, december) == 0  # nothing due any more
