@@ -167,8 +167,8 @@ def test_rollover_at_period_close_shows_in_usage_and_history(db_url):
         ("rollover", 6 * GB, 0, "2027-01-01T00:00:00+00:00")]
     assert usage["available_bytes"] == 16 * GB
     assert ok(db_url, "history", SERVICE).splitlines()[1].split() == [
-        "2026-11-01", "00:00", "rollover", "+6", "GB", "system", "unused", "6", "GB", "of", "2026-10-01",
-        "valid", "until", "2027-01-01"]
+        "2026-11-01", "00:00", "rollover", "+6", "GB", "system", "unused", "monthly", "data", "of", "the",
+        "period", "from", "2026-10-01,", "valid", "until", "2027-01-01"]
     assert ok(db_url, "history", SERVICE, "--period", "2026-10").splitlines()[1:] == ["  (nothing in this period)"]
 
 
