@@ -74,8 +74,8 @@ class NasSimulator(server.Server):
 
     @property
     def requests(self) -> list[dict]:
-        """What was received, oldest first: dicts with ``code``, ``id``, ``attributes``
-        (name -> list of values), ``authenticator_valid``,
+        """What was received, oldest first: dicts with ``code``, ``id``, ``raw``
+        (the datagram), ``attributes`` (name -> list of values), ``authenticator_valid``,
         ``message_authenticator`` (present?) and ``message_authenticator_valid``
         (None when absent)."""
         with self._lock:
@@ -132,7 +132,7 @@ class NasSimulator(server.Server):
             reply.code = NAKS[pkt.code]
             reply["Error-Cause"] = error_cause
         if behaviour == "bad-message-authenticator":
-            OrderedDict.__setitem__(reply, 80, [bytes(16)])  # sent as is, signed by the Response Authenticator
+            OrderedDict.__setitem__(reply, 80, [bytes(16)])  # kept as is when encoded
             OrderedDict.move_to_end(reply, 80, last=False)
         else:
             reply.add_message_authenticator()  # computed over the request's authenticator when encoded
@@ -156,6 +156,7 @@ class NasSimulator(server.Server):
             self._requests.append({
                 "code": pkt.code,
                 "id": pkt.id,
+                "raw": pkt.raw_packet,
                 "attributes": attributes,
                 "authenticator_valid": authenticator_valid,
                 "message_authenticator": has_ma,
