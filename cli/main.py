@@ -11,7 +11,7 @@ import click
 
 from rlm_cap import config, store
 
-from . import common, customers, notifications, plans, radius, services, settings, simulate, topups, usage
+from . import common, customers, nas, notifications, plans, radius, services, settings, simulate, topups, usage
 
 
 @click.group()
@@ -45,7 +45,7 @@ def db_init(ctx: click.Context) -> None:
     click.echo(f"database ready: {engine.url.render_as_string(hide_password=True)}")
 
 
-for module in (plans, customers, services, topups, notifications, usage, simulate, settings, radius):
+for module in (plans, customers, services, topups, notifications, usage, simulate, settings, nas, radius):
     for command in module.COMMANDS:
         capctl.add_command(command)
 

@@ -329,14 +329,19 @@ class NotificationRule:
     body: str = ""
 
 
-def usage_percent(source: str, buckets, now: datetime) -> Decimal | None:
-    """Used share of the data a threshold rule watches, in percent; None if none."""
+def usage_of(source: str, buckets, now: datetime) -> tuple[int, int]:
+    """(used, size) of the data a notification source watches: monthly, total or topup."""
     kinds = {"monthly": (MONTHLY,), "total": NORMAL_KINDS, "topup": TOPUP_KINDS}[source]
     watched = [b for b in buckets if b.kind in kinds and b.active(now)]
-    size = sum(b.size for b in watched)
+    return sum(min(b.used, b.size) for b in watched), sum(b.size for b in watched)
+
+
+def usage_percent(source: str, buckets, now: datetime) -> Decimal | None:
+    """Used share of the data a threshold rule watches, in percent; None if none."""
+    used, size = usage_of(source, buckets, now)
     if not size:
         return None
-    return Decimal(sum(min(b.used, b.size) for b in watched) * 100) / size
+    return Decimal(used * 100) / size
 
 
 def notifications_due(rules, buckets, now: datetime, already_sent: set[int]) -> list[NotificationRule]:

@@ -8,11 +8,16 @@ starts MariaDB and creates the ``rlm_cap_test`` account first.
 
 from __future__ import annotations
 
+import email
+import email.policy
 import os
+import socket
 from datetime import datetime, timezone
 from decimal import Decimal
 
 import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 from sqlalchemy import create_engine, text
 
 from rlm_cap import store
@@ -99,3 +104,67 @@ def make_world(engine) -> dict:
         customer_id = store.add_customer(conn, "alice", NOW, balance=Decimal("50"), email="alice@example.net")
         service_id = store.add_service(conn, customer_id, plan_id, "alice@isp", "Home internet", NOW, "ok")
     return {"plan_id": plan_id, "customer_id": customer_id, "service_id": service_id}
+
+
+PASSWORD = "s3cr3t-Pässwörd:42"  # an SMTP login with non-ASCII characters
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Inbox:
+    def __init__(self):
+        self.envelopes = []
+        self.logins = []  # (mechanism, login, password) of successful AUTHs
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.startswith("nobody@"):
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        self.envelopes.append(envelope)
+        return "250 Message accepted"
+
+    def authenticator(self, server, session, envelope, mechanism, auth_data):
+        assert isinstance(auth_data, LoginPassword)
+        login, password = auth_data.login.decode(), auth_data.password.decode()
+        if (login, password) == ("noc", PASSWORD):
+            self.logins.append((mechanism, login, password))
+            return AuthResult(success=True)
+        return AuthResult(success=False, handled=False)
+
+    def message(self, index=-1):
+        return email.message_from_bytes(self.envelopes[index].content, policy=email.policy.default)
+
+    def body(self, index=-1) -> str:
+        """The decoded text, with the wire's CRLF line ends turned back into LF."""
+        return self.message(index).get_content().replace("\r\n", "\n")
+
+
+@pytest.fixture
+def smtp_server():
+    """Start an aiosmtpd server: ``start(**smtp_parameters) -> (port, inbox)``."""
+    controllers = []
+
+    def start(**parameters):
+        inbox = Inbox()
+        if parameters.pop("auth", False):
+            parameters.setdefault("authenticator", inbox.authenticator)
+            parameters.setdefault("auth_required", True)
+        port = free_port()
+        controller = Controller(inbox, hostname="127.0.0.1", port=port, server_hostname="mx.test",
+                                ready_timeout=5, **parameters)
+        controller.start()
+        controllers.append(controller)
+        return port, inbox
+
+    yield start
+    for controller in controllers:
+        controller.stop()
+
+

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import email
-import email.policy
 import json
 import logging
 import shutil
@@ -19,16 +17,14 @@ from email.utils import parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
 
+from .conftest import PASSWORD, free_port
 from enforcer.notify import (SendError, SmsGateway, Smtp, notification_context, render_message,
                              send_email, send_sms)
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Requiring AUTH while not requiring TLS:UserWarning")  # auth_require_tls=False on purpose
 
-PASSWORD = "s3cr3t-Pässwörd:42"
 GW_PASSWORD = "gw-s3cr3t:ü"
 UNICODE_TEXT = "Hallo Welt & mehr: 85 % verbraucht – Grüße 😀 a+b=c/d?x#y"
 
@@ -38,67 +34,6 @@ def _no_proxy(monkeypatch):
     """A proxy from the environment must not sit between the tests and 127.0.0.1."""
     for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-# --------------------------------------------------------------------------- SMTP server
-
-class Inbox:
-    def __init__(self):
-        self.envelopes = []
-        self.logins = []  # (mechanism, login, password) of successful AUTHs
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        if address.startswith("nobody@"):
-            return "550 5.1.1 no such user"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server, session, envelope):
-        self.envelopes.append(envelope)
-        return "250 Message accepted"
-
-    def authenticator(self, server, session, envelope, mechanism, auth_data):
-        assert isinstance(auth_data, LoginPassword)
-        login, password = auth_data.login.decode(), auth_data.password.decode()
-        if (login, password) == ("noc", PASSWORD):
-            self.logins.append((mechanism, login, password))
-            return AuthResult(success=True)
-        return AuthResult(success=False, handled=False)
-
-    def message(self, index=-1):
-        return email.message_from_bytes(self.envelopes[index].content, policy=email.policy.default)
-
-    def body(self, index=-1) -> str:
-        """The decoded text, with the wire's CRLF line ends turned back into LF."""
-        return self.message(index).get_content().replace("\r\n", "\n")
-
-
-@pytest.fixture
-def smtp_server():
-    """Start an aiosmtpd server: ``start(**smtp_parameters) -> (port, inbox)``."""
-    controllers = []
-
-    def start(**parameters):
-        inbox = Inbox()
-        if parameters.pop("auth", False):
-            parameters.setdefault("authenticator", inbox.authenticator)
-            parameters.setdefault("auth_required", True)
-        port = free_port()
-        controller = Controller(inbox, hostname="127.0.0.1", port=port, server_hostname="mx.test",
-                                ready_timeout=5, **parameters)
-        controller.start()
-        controllers.append(controller)
-        return port, inbox
-
-    yield start
-    for controller in controllers:
-        controller.stop()
 
 
 # --------------------------------------------------------------------------- email
