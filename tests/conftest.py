@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import email
 import email.policy
+import base64
 import os
 import socket
+import sys
+import threading
+import urllib.parse
 from datetime import datetime, timezone
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -168,3 +173,72 @@ def smtp_server():
         controller.stop()
 
 
+
+
+class Gateway(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), GatewayHandler)
+        self.requests = []  # dicts: method, path, query, headers, body
+        self.status = 200
+        self.answer = b"OK"
+        self.delay = 0.0
+        self.release = threading.Event()
+
+    def handle_error(self, request, client_address):
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # the client gave up (the timeout test): nothing to report
+        super().handle_error(request, client_address)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class GatewayHandler(BaseHTTPRequestHandler):
+    server: Gateway
+
+    def _handle(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        parts = urllib.parse.urlsplit(self.path)
+        self.server.requests.append({
+            "method": self.command, "path": self.path, "route": parts.path,
+            "query": urllib.parse.parse_qs(parts.query, keep_blank_values=True),
+            "headers": self.headers, "body": body})
+        if self.server.delay:
+            self.server.release.wait(self.server.delay)
+        if parts.path == "/redirect":
+            self.send_response(302)
+            self.send_header("Location", "/send")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        answer = self.server.answer
+        if self.server.status >= 400:  # echo the credentials like a careless gateway would
+            authorization = self.headers.get("Authorization", "")
+            decoded = base64.b64decode(authorization[6:]).decode() if authorization else ""
+            answer += f" auth={authorization} creds={decoded}".encode()
+        self.send_response(self.server.status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    do_GET = do_POST = _handle
+
+    def log_message(self, format, *args):  # noqa: A002 - keep pytest output clean
+        pass
+
+
+@pytest.fixture
+def gateway():
+    server = Gateway()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server
+    server.release.set()
+    server.shutdown()
+    server.server_close()
+    thread.join(5)

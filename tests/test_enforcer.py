@@ -11,7 +11,7 @@ import pytest
 from enforcer import coa
 from enforcer.config import EnforcerConfig
 from enforcer.jobs import Enforcer
-from enforcer.notify import Smtp
+from enforcer.notify import SmsGateway, Smtp
 from rlm_cap import counters, ledger, store
 
 from .conftest import GB, NOW
@@ -235,3 +235,39 @@ def test_period_close_and_housekeeping(engine, world):
     assert kinds.count("rollover") == 1 and kinds.count("expiry") == 1
     [expiry] = [h for h in history(engine, sid) if h["kind"] == "expiry"]
     assert expiry["size"] == -GB
+
+
+def test_sms_notification_goes_through_the_gateway(engine, world, gateway):
+    with engine.begin() as conn:
+        store.add_notification_rule(conn, world["plan_id"], "monthly", 50, "sms", "", "{{ usage.percent }}% used")
+        store.update_customer(conn, world["customer_id"], phone="+49 170 1234567")
+    sms = SmsGateway(url=gateway.base + "/send?to={{ phone|urlencode }}&text={{ text|urlencode }}", method="GET")
+    apply(engine, *session_stream(NOW, [(6 * GB, 0)]))
+    enforcer(engine, sms=sms).send_notifications()
+    [sent] = gateway.requests
+    assert sent["query"] == {"to": ["+49 170 1234567"], "text": ["60% used"]}
+
+
+def test_cap_enforcer_daemon_runs_and_stops_on_sigterm(db_url, world, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+    binary = str(Path(sys.executable).parent / "cap-enforcer")
+    config = tmp_path / "rlm_cap.conf"
+    config.write_text("[enforcer]\nnode = daemon-test\ncoa_interval = 0.2\nperiod_interval = 0.2\n")
+    process = subprocess.Popen([binary, "--db", db_url, "run"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env={**__import__("os").environ, "RLM_CAP_CONFIG": str(config)},
+                               start_new_session=True)
+    try:
+        import time
+        time.sleep(2)
+        assert process.poll() is None, process.stdout.read()
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0
+    assert "node=daemon-test started" in output and "signal=SIGTERM stopping" in output
+    assert "Traceback" not in output
