@@ -28,6 +28,8 @@ from sqlalchemy import create_engine, text
 from rlm_cap import store
 from rlm_cap.periods import parse_time_frame
 
+from .harness import FreeRadius
+
 MARIADB_SERVER = os.environ.get(
     "RLM_CAP_TEST_MARIADB_URL", "mysql+pymysql://rlm_cap_test:rlm_cap_test@127.0.0.1:3306")
 MARIADB_DATABASE = f"rlm_cap_test_{os.getpid()}"
@@ -242,3 +244,17 @@ def gateway():
     server.shutdown()
     server.server_close()
     thread.join(5)
+
+
+@pytest.fixture
+def radius(db_url, tmp_path):
+    """Start FreeRADIUS with rlm_cap; every instance is killed at the end."""
+    started: list[FreeRadius] = []
+
+    def start(mode="journal", name="r1", **settings) -> FreeRadius:
+        server = FreeRadius(db_url, tmp_path / name, mode=mode, node=name, settings=settings).start()
+        started.append(server)
+        return server
+    yield start
+    for server in started:
+        server.kill()

@@ -12,7 +12,7 @@ from rlm_cap import ledger, store
 from .conftest import GB
 from .harness import Nas, wait_for
 from .nas_simulator import NasSimulator
-from .test_e2e_radius import USER, radius  # noqa: F401 - the fixture
+from .test_e2e_radius import USER
 from .test_enforcer import SECRET, enforcer
 
 
@@ -31,7 +31,7 @@ def mikrotik(engine, world):
         yield simulator
 
 
-def test_crossing_the_cap_sends_coa_and_a_topup_restores(radius, engine, world, mikrotik):  # noqa: F811
+def test_crossing_the_cap_sends_coa_and_a_topup_restores(radius, engine, world, mikrotik):
     nas = Nas(radius(), address="127.0.0.1")
     assert nas.accounting("Start", "s1", USER, Framed_IP_Address="10.0.0.7")
     assert nas.accounting("Interim-Update", "s1", USER, down=11 * GB, up=0, session_time=300)
@@ -50,7 +50,7 @@ def test_crossing_the_cap_sends_coa_and_a_topup_restores(radius, engine, world, 
     assert [r["attributes"]["Mikrotik-Rate-Limit"] for r in mikrotik.requests] == [["5M/10M"], ["10M/20M"]]
 
 
-def test_block_disconnects_and_login_is_rejected(radius, engine, world, mikrotik):  # noqa: F811
+def test_block_disconnects_and_login_is_rejected(radius, engine, world, mikrotik):
     with engine.begin() as conn:
         store.update_plan(conn, world["plan_id"], action="block")
     nas = Nas(radius(), address="127.0.0.1")
@@ -62,7 +62,7 @@ def test_block_disconnects_and_login_is_rejected(radius, engine, world, mikrotik
     wait_for(lambda: nas.login(USER).code == 3, timeout=10, what="an Access-Reject at the next login")
 
 
-def test_auto_topup_with_balance_check_instead_of_the_cap(radius, engine, world, mikrotik):  # noqa: F811
+def test_auto_topup_with_balance_check_instead_of_the_cap(radius, engine, world, mikrotik):
     with engine.begin() as conn:
         topup = store.find_topup_plan(conn, world["plan_id"], "5GB")
         store.update_plan(conn, world["plan_id"], auto_topup_plan_id=topup.id)

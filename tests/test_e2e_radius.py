@@ -14,7 +14,7 @@ from pyrad import packet as radius_packet
 from rlm_cap import store
 
 from .conftest import GB
-from .harness import SECRET, FreeRadius, Nas, wait_for
+from .harness import SECRET, Nas, wait_for
 
 USER = "alice@isp"
 
@@ -31,20 +31,6 @@ def totals(engine, username=USER) -> tuple[int, int, int]:
 def wait_totals(engine, expected, username=USER, timeout=20):
     wait_for(lambda: totals(engine, username)[:2] == expected, timeout=timeout,
              what=f"usage of {username} to reach {expected} (now {totals(engine, username)[:2]})")
-
-
-@pytest.fixture
-def radius(db_url, tmp_path):
-    """Start FreeRADIUS with rlm_cap; every instance is killed at the end."""
-    started: list[FreeRadius] = []
-
-    def start(mode="journal", name="r1", **settings) -> FreeRadius:
-        server = FreeRadius(db_url, tmp_path / name, mode=mode, node=name, settings=settings).start()
-        started.append(server)
-        return server
-    yield start
-    for server in started:
-        server.kill()
 
 
 @pytest.mark.parametrize("mode", ["journal", "sync"])
