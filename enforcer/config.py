@@ -8,7 +8,7 @@ holds passwords)::
 
     [enforcer]
     node = enforcer1          ; names this instance's leases (default: host name)
-    coa_interval = 1          ; seconds between outbox passes for CoA/Disconnect
+    coa_interval = 0.25       ; seconds between outbox passes for CoA/Disconnect (a pass is one cheap query when idle)
     notify_interval = 5       ; ... for notifications
     period_interval = 60      ; period close (rollover, restore)
     housekeeping_interval = 300 ; expiry history, stale sessions
@@ -47,7 +47,7 @@ from .notify import SmsGateway, Smtp
 @dataclass(frozen=True)
 class EnforcerConfig:
     node: str
-    coa_interval: float = 1.0
+    coa_interval: float = 0.25
     notify_interval: float = 5.0
     period_interval: float = 60.0
     housekeeping_interval: float = 300.0
@@ -77,7 +77,7 @@ def _get(parser: configparser.ConfigParser, section: str, key: str, kind, defaul
 def load(parser: configparser.ConfigParser | None = None) -> EnforcerConfig:
     parser = parser if parser is not None else read_config()
     numbers = {name: _get(parser, "enforcer", name, type(default), default)
-               for name, default in (("coa_interval", 1.0), ("notify_interval", 5.0), ("period_interval", 60.0),
+               for name, default in (("coa_interval", 0.25), ("notify_interval", 5.0), ("period_interval", 60.0),
                                      ("housekeeping_interval", 300.0), ("batch_size", 50), ("concurrency", 8),
                                      ("lease", 60.0), ("coa_timeout", 2.0), ("coa_attempts", 3),
                                      ("max_attempts", 8), ("stale_after", 1800.0))}

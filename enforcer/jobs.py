@@ -46,17 +46,21 @@ class Enforcer:
         return self._pass(notifications=True, handle=self._send_notification)
 
     def _pass(self, notifications: bool, handle) -> int:
-        now = self.clock()
-        lease = now + timedelta(seconds=self.config.lease)
-        claimed = store.run_in_transaction(self.engine, lambda conn: store.claim_actions(
-            conn, self.config.node, now, lease, self.config.batch_size, notifications))
-        if not claimed:
-            return 0
+        """Claim and handle batches until fewer than a full batch is due: a backlog
+        does not wait for the next interval."""
+        handled = 0
         with ThreadPoolExecutor(max_workers=self.config.concurrency, thread_name_prefix="enforcer") as pool:
-            for action, error in zip(claimed, pool.map(self._guarded(handle), claimed)):
-                if error is not None:
-                    log.error("action=%s kind=%s error=%r", action["id"], action["kind"], error)
-        return len(claimed)
+            while True:
+                now = self.clock()
+                lease = now + timedelta(seconds=self.config.lease)
+                claimed = store.run_in_transaction(self.engine, lambda conn: store.claim_actions(
+                    conn, self.config.node, now, lease, self.config.batch_size, notifications))
+                for action, error in zip(claimed, pool.map(self._guarded(handle), claimed)):
+                    if error is not None:
+                        log.error("action=%s kind=%s error=%r", action["id"], action["kind"], error)
+                handled += len(claimed)
+                if len(claimed) < self.config.batch_size:
+                    return handled
 
     def _guarded(self, handle):
         def run(action):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import select
 import threading
+import time
 from collections import OrderedDict
 from importlib.resources import files
 
@@ -161,5 +162,6 @@ class NasSimulator(server.Server):
                 "authenticator_valid": authenticator_valid,
                 "message_authenticator": has_ma,
                 "message_authenticator_valid": ma_valid,
+                "received_at": time.monotonic(),
             })
         return authenticator_valid and ma_valid is not False
