@@ -161,10 +161,8 @@ CREATE TABLE periods (
   free_bytes BIGINT UNSIGNED NOT NULL DEFAULT 0,             -- against no limit (unlimited plan or frame)
   overuse_bytes BIGINT UNSIGNED NOT NULL DEFAULT 0,          -- past the CAP, in no bucket
   pending_overuse_bytes BIGINT UNSIGNED NOT NULL DEFAULT 0,  -- of which: before the CAP action (auto top-up may take it)
-  closed_at DATETIME(6) NULL,
   PRIMARY KEY (id),
   UNIQUE KEY uq_periods_service_start (service_id, period_start),
-  KEY ix_periods_end_closed (period_end, closed_at),
   CONSTRAINT fk_periods_service FOREIGN KEY (service_id) REFERENCES services (id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 

@@ -253,9 +253,7 @@ periods = _table(
     *(Column(name, BIGINT, nullable=False, server_default=_default("0")) for name in (
         "upload_bytes", "download_bytes", "counted_bytes", "bonus_bytes", "free_bytes", "overuse_bytes",
         "pending_overuse_bytes")),
-    Column("closed_at", UTCDateTime),
     UniqueConstraint("service_id", "period_start", name="uq_periods_service_start"),
-    Index("ix_periods_end_closed", "period_end", "closed_at"),
 )
 
 buckets = _table(
@@ -423,14 +421,15 @@ def run_in_transaction(engine: Engine, work, retries: int = 5):
             _time.sleep(0.01 * 2**attempt)
 
 
+def _insert_ignore(table: Table):
+    """INSERT that skips rows a unique key already holds (MariaDB/MySQL IGNORE, SQLite OR IGNORE)."""
+    return table.insert().prefix_with("IGNORE", dialect="mysql").prefix_with("IGNORE", dialect="mariadb") \
+        .prefix_with("OR IGNORE", dialect="sqlite")
+
+
 def insert_ignore(conn: Connection, table: Table, values: dict) -> int:
     """INSERT that does nothing when a unique key already holds the row; rows inserted."""
-    if conn.dialect.name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-        statement = sqlite_insert(table).values(**values).on_conflict_do_nothing()
-    else:
-        statement = table.insert().values(**values).prefix_with("IGNORE")
-    return conn.execute(statement).rowcount
+    return conn.execute(_insert_ignore(table).values(**values)).rowcount
 
 
 def _one(conn: Connection, statement):
@@ -678,9 +677,6 @@ def add_period_usage(conn: Connection, period_id: int, **deltas: int) -> None:
         **{name: periods.c[name] + value for name, value in deltas.items() if value}))
 
 
-def close_period(conn: Connection, period_id: int, now: datetime) -> None:
-    conn.execute(update(periods).where(periods.c.id == period_id, periods.c.closed_at.is_(None))
-                 .values(closed_at=now))
 
 
 def list_periods(conn: Connection, service_id: int) -> list[dict]:
@@ -1043,9 +1039,7 @@ def notification_rule(conn: Connection, rule_id: int) -> dict | None:
 # --------------------------------------------------------------------------- periods, set-based (close, rollover)
 
 def _insert_ignore_from(table: Table, columns: list[str], query):
-    statement = table.insert().from_select(columns, query)
-    return statement.prefix_with("IGNORE", dialect="mysql").prefix_with("IGNORE", dialect="mariadb") \
-        .prefix_with("OR IGNORE", dialect="sqlite")
+    return _insert_ignore(table).from_select(columns, query)
 
 
 def open_periods(conn: Connection, service_ids: list[int], start: datetime, end: datetime,
@@ -1055,58 +1049,69 @@ def open_periods(conn: Connection, service_ids: list[int], start: datetime, end:
     Per service: the period row; the monthly bucket (plans with a CAP) and the
     bonus bucket (a bonus limit); with rollover, the unused monthly data of
     the period that began at ``previous_start`` as a bucket valid until
-    ``rollover_until``, with history; the previous periods closed; a capped
-    service restored (outbox + history). Every insert is keyed, so running it
-    again, or on two enforcers at once, changes nothing the second time.
+    ``rollover_until``, with history; a capped service restored (outbox +
+    history). A period is closed once a later one exists: nothing to write.
+    Every insert is keyed, so running it again, or on two enforcers at once,
+    changes nothing the second time. Services are grouped by plan in Python
+    (plans are few) so that every statement is driven by a key: a join to
+    plans let MariaDB scan all services once per chunk.
     """
+    plan_rows = {row["id"]: row for row in conn.execute(select(plans)).mappings()}
     for first in range(0, len(service_ids), 2000):
         ids = service_ids[first:first + 2000]
-        chosen = services.c.id.in_(ids)
-        conn.execute(_insert_ignore_from(periods, ["service_id", "period_start", "period_end"], select(
-            services.c.id, literal(start, UTCDateTime), literal(end, UTCDateTime)).where(chosen)))
-        on_plan = services.join(plans, plans.c.id == services.c.plan_id)
-        columns = ["service_id", "kind", "size", "used", "valid_from", "valid_until", "period_start", "origin",
-                   "created_at"]
-        for kind, size, condition in (
-                ("monthly", plans.c.monthly_limit, plans.c.monthly_limit.is_not(None)),
-                ("bonus", plans.c.bonus_limit, and_(plans.c.monthly_limit.is_not(None), plans.c.bonus_limit > 0,
-                                                    plans.c.bonus_unlimited.is_(False)))):
+        by_plan: dict[int, list[int]] = {}
+        capped: list[tuple[int, str | None]] = []
+        for sid, plan_id, state in conn.execute(select(services.c.id, services.c.plan_id, services.c.cap_state)
+                                                .where(services.c.id.in_(ids))):
+            by_plan.setdefault(plan_id, []).append(sid)
+            if state == "capped" and plan_rows[plan_id]["monthly_limit"] is not None:
+                capped.append((sid, plan_rows[plan_id]["normal_rate"]))
+        conn.execute(_insert_ignore(periods), [dict(service_id=sid, period_start=start, period_end=end)
+                                               for sid in ids])
+        new_buckets = []
+        for plan_id, sids in by_plan.items():
+            plan = plan_rows[plan_id]
+            if plan["monthly_limit"] is None:
+                continue
+            sizes = [("monthly", plan["monthly_limit"])]
+            if plan["bonus_limit"] and not plan["bonus_unlimited"]:
+                sizes.append(("bonus", plan["bonus_limit"]))
+            new_buckets += [dict(service_id=sid, kind=kind, size=size, used=0, valid_from=start, valid_until=end,
+                                 period_start=start, origin="plan", created_at=now)
+                            for kind, size in sizes for sid in sids]
+        if new_buckets:
+            conn.execute(_insert_ignore(buckets), new_buckets)
+        rolling = [sid for plan_id, sids in by_plan.items() if plan_rows[plan_id]["rollover"]
+                   and plan_rows[plan_id]["monthly_limit"] is not None for sid in sids]
+        if rolling:
+            columns = ["service_id", "kind", "size", "used", "valid_from", "valid_until", "period_start",
+                       "origin", "created_at"]
             conn.execute(_insert_ignore_from(buckets, columns, select(
-                services.c.id, literal(kind), size, literal(0), literal(start, UTCDateTime),
-                literal(end, UTCDateTime), literal(start, UTCDateTime), literal("plan"),
-                literal(now, UTCDateTime)).select_from(on_plan).where(chosen, condition)))
-        monthly = buckets.alias("monthly")
-        conn.execute(_insert_ignore_from(buckets, columns, select(
-            monthly.c.service_id, literal("rollover"), monthly.c.size - monthly.c.used, literal(0),
-            literal(start, UTCDateTime), literal(rollover_until, UTCDateTime), literal(start, UTCDateTime),
-            literal("system"), literal(now, UTCDateTime))
-            .select_from(monthly.join(services, services.c.id == monthly.c.service_id)
-                         .join(plans, plans.c.id == services.c.plan_id))
-            .where(monthly.c.service_id.in_(ids), monthly.c.kind == "monthly",
-                   monthly.c.period_start == previous_start, plans.c.rollover.is_(True),
-                   monthly.c.size > monthly.c.used)))
-        detail = (f"unused monthly data of the period from {previous_start:%Y-%m-%d}, "
-                  f"valid until {rollover_until:%Y-%m-%d}")
-        conn.execute(history.insert().from_select(
-            ["service_id", "at", "kind", "size", "bucket_id", "actor", "detail"],
-            select(buckets.c.service_id, literal(start, UTCDateTime), literal("rollover"), buckets.c.size,
-                   buckets.c.id, literal("system"), literal(detail))
-            .where(buckets.c.service_id.in_(ids), buckets.c.kind == "rollover",
-                   buckets.c.period_start == start, buckets.c.created_at == now)))
-        conn.execute(update(periods).where(periods.c.service_id.in_(ids), periods.c.period_start < start,
-                                           periods.c.closed_at.is_(None)).values(closed_at=now))
-        capped = and_(chosen, services.c.cap_state == "capped", plans.c.monthly_limit.is_not(None))
-        key = literal("restore:") + cast(services.c.id, String) + literal(f":{start:%Y%m%dT%H%M%S}")
-        conn.execute(_insert_ignore_from(actions, ["service_id", "kind", "rate", "dedupe_key", "due_at",
-                                                   "created_at"], select(
-            services.c.id, literal("restore"), plans.c.normal_rate, key, literal(now, UTCDateTime),
-            literal(now, UTCDateTime)).select_from(on_plan).where(capped)))
-        conn.execute(history.insert().from_select(["service_id", "at", "kind", "actor", "detail"], select(
-            services.c.id, literal(now, UTCDateTime), literal("restore"), literal("system"),
-            literal("new period: data available again")).select_from(on_plan).where(capped)))
-        conn.execute(update(services).where(services.c.id.in_(
-            select(services.c.id).select_from(on_plan).where(capped).scalar_subquery()))
-            .values(cap_state="ok", state_changed_at=now))
+                buckets.c.service_id, literal("rollover"), buckets.c.size - buckets.c.used, literal(0),
+                literal(start, UTCDateTime), literal(rollover_until, UTCDateTime), literal(start, UTCDateTime),
+                literal("system"), literal(now, UTCDateTime))
+                .where(buckets.c.service_id.in_(rolling), buckets.c.kind == "monthly",
+                       buckets.c.period_start == previous_start, buckets.c.size > buckets.c.used)))
+            detail = (f"unused monthly data of the period from {previous_start:%Y-%m-%d}, "
+                      f"valid until {rollover_until:%Y-%m-%d}")
+            conn.execute(history.insert().from_select(
+                ["service_id", "at", "kind", "size", "bucket_id", "actor", "detail"],
+                select(buckets.c.service_id, literal(start, UTCDateTime), literal("rollover"), buckets.c.size,
+                       buckets.c.id, literal("system"), literal(detail))
+                .where(buckets.c.service_id.in_(rolling), buckets.c.kind == "rollover",
+                       buckets.c.period_start == start, buckets.c.created_at == now)))
+        if capped:
+            suffix = f":{start:%Y%m%dT%H%M%S}"
+            conn.execute(_insert_ignore(actions), [dict(service_id=sid, kind="restore", rate=rate, size=0,
+                                                        dedupe_key=f"restore:{sid}{suffix}", due_at=now,
+                                                        created_at=now) for sid, rate in capped])
+            restored = conn.execute(update(services).where(
+                services.c.id.in_([sid for sid, _ in capped]), services.c.cap_state == "capped")
+                .values(cap_state="ok", state_changed_at=now)).rowcount
+            if restored:
+                conn.execute(history.insert(), [dict(service_id=sid, at=now, kind="restore", actor="system",
+                                                     detail="new period: data available again")
+                                                for sid, _ in capped])
 
 
 def services_due_for_a_period(conn: Connection, now: datetime) -> list[dict]:
