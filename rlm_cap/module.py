@@ -22,7 +22,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,6 +40,17 @@ ERROR, WARNING, INFO = "error", "warning", "info"
 
 
 _IDLE, _RETRY = object(), object()  # outcomes of one applier step besides a new position
+
+
+def _pairs(text: str) -> dict[str, str]:
+    """``'mikrotik=Mikrotik-Rate-Limit cisco=Cisco-AVPair'`` → dict (NAS type → attribute)."""
+    pairs = {}
+    for item in text.split():
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"rlm_cap: rate_attributes takes TYPE=ATTRIBUTE pairs, not {item!r}")
+        pairs[key] = value
+    return pairs
 
 
 def _flag(text: str) -> bool:
@@ -62,6 +73,7 @@ class Config:
     trust_event_timestamp: bool = False
     state_refresh: float = 2.0
     rate_attribute: str = "Mikrotik-Rate-Limit"
+    rate_attributes: dict = field(default_factory=lambda: {"mikrotik": "Mikrotik-Rate-Limit"})
     total_limit_reply: bool = False
     reject_message: str = "Your data cap is reached. Buy a top-up to reconnect."
     drain_timeout: float = 10.0
@@ -87,6 +99,7 @@ class Config:
             trust_event_timestamp=_flag(values.get("trust_event_timestamp", "no")),
             state_refresh=float(values.get("state_refresh", cls.state_refresh)),
             rate_attribute=values.get("rate_attribute", cls.rate_attribute),
+            rate_attributes=_pairs(values.get("rate_attributes", "mikrotik=Mikrotik-Rate-Limit")),
             total_limit_reply=_flag(values.get("total_limit_reply", "no")),
             reject_message=values.get("reject_message", cls.reject_message),
             drain_timeout=float(values.get("drain_timeout", cls.drain_timeout)),
@@ -110,6 +123,7 @@ class Module:
         self.writer: journal.Writer | None = None
         self.capped: dict[str, tuple[str, tuple]] = {}
         self.remaining: dict[str, int] = {}  # User-Name -> bytes left (total_limit_reply)
+        self.nas_types: dict[str, str] = {}  # nasname -> type, from the nas table
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._db_down_since: float | None = None
@@ -179,10 +193,16 @@ class Module:
         return OK
 
     def authorize(self, attributes) -> tuple[str, tuple]:
-        username = next((v for n, v in attributes or () if n == "User-Name"), None)
+        values = {n: v for n, v in reversed(attributes or ()) if isinstance(n, str)}  # first wins
+        username = values.get("User-Name")
         entry = self.capped.get(username) if username is not None else None
         if entry is not None:
-            return entry
+            result, rate = entry
+            if result == UPDATED:
+                # The NAS's type (nas table) decides which attribute carries the rate.
+                nas_type = self.nas_types.get(values.get("NAS-IP-Address") or values.get("NAS-Identifier"))
+                return UPDATED, ((self.config.rate_attributes.get(nas_type, self.config.rate_attribute), rate),)
+            return result, rate
         left = self.remaining.get(username) if username is not None else None
         if left:
             # The NAS itself stops the session at the CAP, between two interims.
@@ -192,12 +212,13 @@ class Module:
 
     # ------------------------------------------------------------------ state for authorize
 
-    def _reply_for(self, row: dict) -> tuple[str, tuple]:
+    def _reply_for(self, row: dict) -> tuple[str, object]:
+        """(REJECT, reply attributes) for block, (UPDATED, rate) for fixed/reduce, else NOOP."""
         if row["action"] == "block":
             return REJECT, (("Reply-Message", self.config.reject_message),)
         rate = row["fixed_rate"] if row["action"] == "fixed" else (
             reduce_rate(row["normal_rate"], row["reduce_percent"]) if row["normal_rate"] else None)
-        return (UPDATED, ((self.config.rate_attribute, rate),)) if rate else (NOOP, ())
+        return (UPDATED, rate) if rate else (NOOP, ())
 
     def refresh_state(self) -> None:
         # The state thread and the applier both refresh: reading and publishing
@@ -207,8 +228,10 @@ class Module:
                 rows = store.capped_services(conn)
                 remaining = (store.remaining_data(conn, datetime.now(timezone.utc))
                              if self.config.total_limit_reply else {})
+                nas_types = {row["nasname"]: row["type"] for row in store.list_nas(conn)}
             self.capped = {row["username"]: self._reply_for(row) for row in rows}
             self.remaining = remaining
+            self.nas_types = nas_types
 
     def _refresh_loop(self) -> None:
         while True:

@@ -503,6 +503,28 @@ def test_authorize_uses_configured_rate_attribute_and_message(db_url, engine, wo
     assert answers(module, (REJECT, (("Reply-Message", "Cap reached"),)))
 
 
+def test_authorize_rate_attribute_follows_the_nas_type(db_url, engine, world, modules):
+    """The nas table's type picks the attribute; a NAS not in the table gets rate_attribute."""
+    module = modules(db_url, mode="sync", rate_attributes={"mikrotik": "Mikrotik-Rate-Limit",
+                                                           "cisco": "Cisco-AVPair"})
+    with engine.begin() as conn:
+        store.add_nas(conn, NAS, "s", type="cisco")
+        store.add_nas(conn, "192.0.2.9", "s", type="mikrotik")
+    cap(engine, world)
+    assert answers(module, (UPDATED, (("Cisco-AVPair", "5M/10M"),)))
+    other = (("User-Name", "alice@isp"), ("NAS-IP-Address", "192.0.2.9"))
+    assert module.authorize(other) == (UPDATED, (("Mikrotik-Rate-Limit", "5M/10M"),))
+    unknown = (("User-Name", "alice@isp"), ("NAS-IP-Address", "198.51.100.1"))
+    assert module.authorize(unknown) == (UPDATED, (("Mikrotik-Rate-Limit", "5M/10M"),))
+
+
+def test_rate_attributes_config_is_parsed_and_checked():
+    assert Config.from_radiusd({"db_url": "sqlite://", "rate_attributes": "mikrotik=Mikrotik-Rate-Limit x=Y"}
+                               ).rate_attributes == {"mikrotik": "Mikrotik-Rate-Limit", "x": "Y"}
+    with pytest.raises(ValueError, match="TYPE=ATTRIBUTE"):
+        Config.from_radiusd({"db_url": "sqlite://", "rate_attributes": "mikrotik"})
+
+
 def test_authorize_noop_for_uncapped_unknown_or_missing_user(db_url, engine, world, modules):
     module = modules(db_url, mode="sync")
     module.refresh_state()
