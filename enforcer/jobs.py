@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy.engine import Engine
 
-from rlm_cap import ledger, policy, store
+from rlm_cap import counters, ledger, policy, store
 
 from . import coa, notify
 from .config import EnforcerConfig
@@ -64,6 +64,13 @@ class Enforcer:
 
     def _guarded(self, handle):
         def run(action):
+            now = self.clock()
+            if not store.run_in_transaction(self.engine, lambda conn: store.renew_lease(
+                    conn, action["id"], self.config.node, now, now + timedelta(seconds=self.config.lease))):
+                # Our lease ran out while earlier sends of this batch were slow: another
+                # enforcer may have it now. Sending it too would send it twice.
+                log.warning("action=%s lease lost before sending; left to its new owner", action["id"])
+                return None
             try:
                 handle(action)
             except Exception as error:  # noqa: BLE001 - one action's fault must not stop the pass
@@ -126,7 +133,7 @@ class Enforcer:
                 retry = True
             elif result.session_gone:
                 # The NAS no longer has it: close it here instead of retrying forever.
-                store.run_in_transaction(self.engine, lambda conn: store.close_session(conn, session["id"], "gone"))
+                store.run_in_transaction(self.engine, lambda conn: store.close_session(conn, session["id"], counters.CLOSED_AS_GONE))
             elif result.outcome == coa.NAK:
                 failed = True
         summary = f"{what} -> " + "; ".join(outcomes)

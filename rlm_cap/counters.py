@@ -22,6 +22,12 @@ STATUS_TYPES = (START, INTERIM, STOP, ACCOUNTING_ON, ACCOUNTING_OFF)
 # the NAS's reused Acct-Session-Id values begin new sessions.
 CLOSED_BY_STOP = "stop"
 CLOSED_BY_NAS_RESTART = "nas-restart"
+# Closed by the enforcer, not by the NAS: no update for too long ("stale"), or
+# the NAS answered a CoA with Session-Context-Not-Found ("gone"). A later
+# counted update proves the session alive: it reopens.
+CLOSED_AS_STALE = "stale"
+CLOSED_AS_GONE = "gone"
+PRESUMED_CLOSED = (CLOSED_AS_STALE, CLOSED_AS_GONE)
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,7 @@ class Step:
 def begins_new_session(session: Session | None, status: str) -> bool:
     if session is None or session.closed == CLOSED_BY_NAS_RESTART:
         return True
-    return status == START and session.closed == CLOSED_BY_STOP
+    return status == START and session.closed is not None
 
 
 def advance(session: Session | None, record: AccountingRecord) -> Step:
@@ -128,8 +134,10 @@ def advance(session: Session | None, record: AccountingRecord) -> Step:
         return Step(session, False, 0, 0, record.time, "retransmit")
 
     step = _count(session, record)
-    if closed and step.session.closed is None:
+    if closed and step.session.closed in (None,) + PRESUMED_CLOSED:
         step = replace(step, session=replace(step.session, closed=closed))
+    elif step.session.closed in PRESUMED_CLOSED and step.note not in ("late", "no-counters"):
+        step = replace(step, session=replace(step.session, closed=None))  # alive after all
     return step
 
 

@@ -106,11 +106,21 @@ class Writer:
         """One write() of one line: raises OSError (disk full, ...) when not durable."""
         data = encode(record)
         with self._lock:
-            written = os.write(self._fd, data)
-            if written != len(data):  # a short write on a full disk: not durable
-                raise OSError(f"journal write cut short ({written} of {len(data)} bytes)")
-            if self.fsync:
-                os.fdatasync(self._fd)
+            size = os.fstat(self._fd).st_size
+            try:
+                written = os.write(self._fd, data)
+                if written != len(data):  # a short write on a full disk: not durable
+                    raise OSError(f"journal write cut short ({written} of {len(data)} bytes)")
+                if self.fsync:
+                    os.fdatasync(self._fd)
+            except OSError:
+                # Take the fragment back out, or the next record would be appended
+                # to it and read back as one damaged line: an answered record lost.
+                try:
+                    os.ftruncate(self._fd, size)
+                except OSError:
+                    pass
+                raise
 
     def rotate(self, applied_generation: int, applied_position: int) -> int | None:
         """Start the next generation if the current file is fully applied; its number or None."""

@@ -113,17 +113,19 @@ def open_period(conn: Connection, ctx: Context, now: datetime) -> dict:
     period = ctx.period(now)
     row = store.find_period(conn, ctx.service["id"], period.start)
     if row is None:
+        # Opening a past period (a late record) must not restore a service capped today.
+        newest = not store.has_later_period(conn, ctx.service["id"], period.start)
         _open(conn, [ctx.service["id"]], period, ctx.tz, ctx.customer["billing_day"],
-              ctx.settings.rollover_months, now)
+              ctx.settings.rollover_months, now, restore=newest)
         row = store.find_period(conn, ctx.service["id"], period.start)
     return row
 
 
 def _open(conn: Connection, service_ids: list[int], period: Period, tz: ZoneInfo, billing_day: int | None,
-          rollover_months: int, now: datetime) -> None:
+          rollover_months: int, now: datetime, restore: bool = True) -> None:
     previous = period_at(period.start - timedelta(microseconds=1), tz, billing_day)
     until = months_after(period.start, rollover_months, tz)
-    store.open_periods(conn, service_ids, period.start, period.end, previous.start, until, now)
+    store.open_periods(conn, service_ids, period.start, period.end, previous.start, until, now, restore)
 
 
 def close_periods(conn: Connection, now: datetime) -> int:
@@ -220,6 +222,7 @@ def _apply_segment(conn: Connection, records: list[counters.AccountingRecord], k
     found = store.latest_sessions(conn, {(r.nas, r.session_id, r.username) for r in wanted})
     current: dict[tuple, _SessionWrite] = {
         key: _SessionWrite(row_id, session, None, None, None) for key, (row_id, session) in found.items()}
+    existing = list(current.values())  # a Start after a Stop replaces the key, not the old row's changes
     inserts: list[_SessionWrite] = []
     usage: dict[int, list[tuple[counters.AccountingRecord, counters.Step]]] = {}
     results = []
@@ -247,8 +250,7 @@ def _apply_segment(conn: Connection, records: list[counters.AccountingRecord], k
                                service["cap_state"] if service else None))
 
     store.insert_sessions(conn, [_session_row(w) for w in inserts])
-    store.update_sessions(conn, {w.row_id: (w.session, w.framed_ip) for w in current.values()
-                                 if w.row_id is not None and w.changed})
+    store.update_sessions(conn, {w.row_id: (w.session, w.framed_ip) for w in existing if w.changed})
     if usage:
         states = _count_usage(conn, services, usage, cache)
         results = [replace(r, state=states.get(r.service_id, r.state)) for r in results]
@@ -298,11 +300,14 @@ def _count_usage(conn: Connection, services: dict[str, dict],
     for sid, items in usage.items():
         ctx = load_context(conn, by_id[sid], cache)
         buckets = all_buckets[sid]
+        # Records are in receive order, not time order: a reload must keep the
+        # buckets an earlier-stamped record of this batch may still use.
+        since = min(record.time for record, _ in items)
         for record, step in items:
             now = record.time
             period_id, opened = _period(conn, ctx, now, cache, writes)
             if opened:  # new monthly / bonus / rollover buckets; a capped service was restored
-                buckets = store.load_buckets(conn, sid, now, for_update=True)
+                buckets = store.load_buckets(conn, sid, since, for_update=True)
                 ctx = replace(ctx, service=store.find_service(conn, sid))
             plan = ctx.plan
             counted = policy.counted_bytes(plan.direction, step.input_delta, step.output_delta)
@@ -310,14 +315,17 @@ def _count_usage(conn: Connection, services: dict[str, dict],
             consumption = policy.consume(buckets, normal, frame, plan, ctx.settings, now)
             after = policy.with_consumption(buckets, consumption)
             capped = ctx.service["cap_state"] == policy.CAPPED
+            # A late record of a period that a newer one has replaced counts there,
+            # but today's CAP state belongs to the newest period: it decides nothing.
+            late = any(b.kind == MONTHLY and b.valid_from > ctx.period(now).start for b in buckets)
             writes.add(period_id, consumption, {b.id for b in buckets if b.kind == BONUS},
                        upload_bytes=step.input_delta, download_bytes=step.output_delta, counted_bytes=counted,
-                       pending_overuse_bytes=0 if capped else consumption.overuse)
-            if policy.settle_needed(plan, ctx.service["cap_state"], ctx.rules, buckets, after, now):
+                       pending_overuse_bytes=0 if capped or late else consumption.overuse)
+            if not late and policy.settle_needed(plan, ctx.service["cap_state"], ctx.rules, buckets, after, now):
                 writes.flush(conn)
                 settle(conn, ctx, now, consumption)
                 ctx = load_context(conn, store.find_service(conn, sid), cache)
-                buckets = store.load_buckets(conn, sid, now, for_update=True)
+                buckets = store.load_buckets(conn, sid, since, for_update=True)
             else:
                 buckets = after
         states[sid] = ctx.service["cap_state"]
@@ -345,12 +353,13 @@ def _period(conn: Connection, ctx: Context, now: datetime, cache: ContextCache |
 
 def account(conn: Connection, ctx: Context, now: datetime, period_row: dict) -> policy.Account:
     period = ctx.period(now)
+    customer = store.find_customer(conn, ctx.customer["id"])  # money is never taken from a cache
     return policy.Account(
         buckets=store.load_buckets(conn, ctx.service["id"], now),
         overuse=period_row["pending_overuse_bytes"],
-        auto_topup_enabled=bool(ctx.customer["auto_topup"]),
+        auto_topup_enabled=bool(customer["auto_topup"]),
         topups_this_month=store.topups_in(conn, ctx.service["id"], period.start, period.end),
-        balance=ctx.customer["balance"])
+        balance=customer["balance"])
 
 
 def settle(conn: Connection, ctx: Context, now: datetime,

@@ -180,7 +180,7 @@ class Module:
             return OK
         try:
             store.run_in_transaction(self.engine, lambda conn: ledger.apply_record(
-                conn, record, self.config.keep_unknown, self.cache))
+                conn, record, self.config.keep_unknown, self.cache), before_retry=self.cache.clear)
         except DBAPIError as error:
             if self._failed(error):
                 return NOT_DURABLE
@@ -293,6 +293,7 @@ class Module:
                 return
         generation, position = self.applied = resume
         deadline = None
+        resync = False
         while True:
             if self._stop.is_set() and deadline is None:
                 deadline = time.monotonic() + self.config.drain_timeout
@@ -300,6 +301,15 @@ class Module:
                 self.log(WARNING, "rlm_cap: stopping with journal records not yet applied; "
                                   "they are applied at the next start")
                 return
+            if resync:
+                # After a failure only the database knows how far the journal is applied
+                # (part of a batch, or a commit whose answer was lost): never replay.
+                committed = self._committed()
+                if committed is None:
+                    time.sleep(0.5) if deadline is not None else self._stop.wait(0.5)
+                    continue
+                generation, position = self.applied = committed
+                resync = False
             try:
                 step = self._apply_step(directory, generation, position)
             except Exception as error:  # noqa: BLE001 - an I/O error must not stop the applier for good
@@ -310,9 +320,21 @@ class Module:
                     return  # drained
                 self._stop.wait(self.config.apply_interval)
             elif step is _RETRY:
+                resync = True
                 time.sleep(0.5) if deadline is not None else self._stop.wait(0.5)
             else:
                 generation, position = self.applied = step
+
+    def _committed(self) -> tuple[int, int] | None:
+        """The position the database holds for this node; None while it is unreachable."""
+        try:
+            with self.engine.begin() as conn:
+                saved = store.journal_position(conn, self.config.node)
+        except DBAPIError as error:
+            self._database_down(error)
+            return None
+        generation = journal.generation_of(saved[0]) if saved else None
+        return (generation, saved[1]) if generation is not None else self.applied
 
     def _apply_step(self, directory: Path, generation: int, position: int):
         """Apply the next batch, or move on to the next journal file.
@@ -354,7 +376,8 @@ class Module:
             store.set_journal_position(conn, self.config.node, path, end, datetime.now(timezone.utc))
 
         try:
-            store.run_in_transaction(self.engine, lambda conn: work(conn, batch.records, batch.end))
+            store.run_in_transaction(self.engine, lambda conn: work(conn, batch.records, batch.end),
+                                     before_retry=self.cache.clear)
         except Exception as error:  # noqa: BLE001 - sorted below: outage, or one bad record
             if self._failed(error):
                 return False
@@ -369,7 +392,8 @@ class Module:
         ends = [offset for offset, _ in batch.records[1:]] + [batch.end]
         for (offset, record), end in zip(batch.records, ends):
             try:
-                store.run_in_transaction(self.engine, lambda conn: work(conn, [(offset, record)], end))
+                store.run_in_transaction(self.engine, lambda conn: work(conn, [(offset, record)], end),
+                                         before_retry=self.cache.clear)
             except Exception as one_error:  # noqa: BLE001
                 if self._failed(one_error):
                     return False

@@ -409,8 +409,12 @@ def transaction(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
-def run_in_transaction(engine: Engine, work, retries: int = 5):
-    """Run ``work(conn)`` in a transaction, again after a deadlock or lock timeout."""
+def run_in_transaction(engine: Engine, work, retries: int = 5, before_retry=None):
+    """Run ``work(conn)`` in a transaction, again after a deadlock or lock timeout.
+
+    ``before_retry()`` runs before each new attempt: whatever the caller keeps
+    in memory about rows the rolled-back attempt wrote (cached ids) must go.
+    """
     for attempt in range(retries):
         try:
             with engine.begin() as conn:
@@ -418,6 +422,8 @@ def run_in_transaction(engine: Engine, work, retries: int = 5):
         except (OperationalError, DBAPIError) as error:
             if attempt == retries - 1 or not _retryable(error):
                 raise
+            if before_retry is not None:
+                before_retry()
             _time.sleep(0.01 * 2**attempt)
 
 
@@ -994,6 +1000,13 @@ def finish_action(conn: Connection, action_id: int, worker: str, status: str, re
                         .values(status=status, result=result[:500], finished_at=now, lease_until=None)).rowcount == 1
 
 
+def renew_lease(conn: Connection, action_id: int, worker: str, now: datetime, until: datetime) -> bool:
+    """Extend our lease just before sending; False if it ran out and another enforcer may have it."""
+    return conn.execute(update(actions).where(
+        actions.c.id == action_id, actions.c.claimed_by == worker, actions.c.status == "pending",
+        actions.c.lease_until > now).values(lease_until=until)).rowcount == 1
+
+
 def retry_action(conn: Connection, action_id: int, worker: str, due_at: datetime, result: str) -> bool:
     return conn.execute(update(actions).where(actions.c.id == action_id, actions.c.claimed_by == worker,
                                               actions.c.status == "pending")
@@ -1029,7 +1042,7 @@ def close_session(conn: Connection, session_id: int, how: str) -> None:
 def close_stale_sessions(conn: Connection, before: datetime) -> int:
     """Open sessions with no update since ``before`` (the NAS lost them) are closed."""
     return conn.execute(update(sessions).where(sessions.c.closed.is_(None), sessions.c.last_time < before)
-                        .values(closed="stale")).rowcount
+                        .values(closed=counters.CLOSED_AS_STALE)).rowcount
 
 
 def notification_rule(conn: Connection, rule_id: int) -> dict | None:
@@ -1042,8 +1055,13 @@ def _insert_ignore_from(table: Table, columns: list[str], query):
     return _insert_ignore(table).from_select(columns, query)
 
 
+def has_later_period(conn: Connection, service_id: int, start: datetime) -> bool:
+    return conn.execute(select(func.count()).select_from(periods).where(
+        periods.c.service_id == service_id, periods.c.period_start > start)).scalar() > 0
+
+
 def open_periods(conn: Connection, service_ids: list[int], start: datetime, end: datetime,
-                 previous_start: datetime, rollover_until: datetime, now: datetime) -> None:
+                 previous_start: datetime, rollover_until: datetime, now: datetime, restore: bool = True) -> None:
     """Open the period [start, end) for many services in a few statements.
 
     Per service: the period row; the monthly bucket (plans with a CAP) and the
@@ -1061,10 +1079,13 @@ def open_periods(conn: Connection, service_ids: list[int], start: datetime, end:
         ids = service_ids[first:first + 2000]
         by_plan: dict[int, list[int]] = {}
         capped: list[tuple[int, str | None]] = []
+        # Services first, locked in User-Name order as the applier locks them:
+        # inserting periods first and then updating services made a lock cycle.
         for sid, plan_id, state in conn.execute(select(services.c.id, services.c.plan_id, services.c.cap_state)
-                                                .where(services.c.id.in_(ids))):
+                                                .where(services.c.id.in_(ids)).order_by(services.c.username)
+                                                .with_for_update()):
             by_plan.setdefault(plan_id, []).append(sid)
-            if state == "capped" and plan_rows[plan_id]["monthly_limit"] is not None:
+            if restore and state == "capped" and plan_rows[plan_id]["monthly_limit"] is not None:
                 capped.append((sid, plan_rows[plan_id]["normal_rate"]))
         conn.execute(_insert_ignore(periods), [dict(service_id=sid, period_start=start, period_end=end)
                                                for sid in ids])

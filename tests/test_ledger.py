@@ -315,3 +315,71 @@ def test_close_periods_is_set_based_idempotent_and_rolls_over(engine, world):
     with engine.begin() as conn:
         assert [p["period_start"].month for p in store.list_periods(conn, sid)] == [11, 12]
         assert ledger.close_periods(conn, december) == 0  # nothing due any more
+
+
+def test_batch_equals_one_by_one_for_a_start_after_stop_and_reordered_sessions(db_url, world):
+    """Review findings: a Start after a Stop in one batch lost the old row's Stop; a reload at a
+    period boundary dropped buckets an earlier-stamped record of the batch still needed."""
+    late = datetime(2026, 11, 30, 23, 50, tzinfo=timezone.utc)
+    stream = [record(counters.START, NOW), record(counters.INTERIM, NOW + timedelta(minutes=5), 400, 40, 300),
+              record(counters.STOP, NOW + timedelta(minutes=6), 400, 40, 360), record(counters.START, NOW + timedelta(minutes=7)),
+              record(counters.INTERIM, NOW + timedelta(minutes=9), 50, 5, 120),
+              record(counters.START, late - timedelta(hours=1), session="s9"),
+              record(counters.INTERIM, datetime(2026, 12, 1, 0, 10, tzinfo=timezone.utc), GB, 0, 4200, session="s9"),
+              record(counters.INTERIM, late, 2 * GB, 0, 3600, session="s8")]
+    results = []
+    for mode in ("batch", "one by one"):
+        engine = store.make_engine(db_url)
+        from .conftest import _wipe
+        if db_url.startswith("mysql"):
+            _wipe(engine)
+        else:
+            store.metadata.drop_all(engine)
+            store.create_schema(engine)
+        from .conftest import make_world
+        w = make_world(engine)
+        if mode == "batch":
+            store.run_in_transaction(engine, lambda c: ledger.apply_records(c, stream, cache=ledger.ContextCache()))
+        else:
+            apply(engine, *stream)
+        with engine.begin() as conn:
+            results.append(([(s["acct_session_id"], s["output_total"], s["closed"]) for s in store.session_rows(conn)],
+                            [(b["kind"], b["period_start"], b["used"]) for b in store.bucket_rows(conn, w["service_id"])],
+                            [(p["counted_bytes"], p["overuse_bytes"]) for p in store.list_periods(conn, w["service_id"])]))
+        engine.dispose()
+    assert results[0] == results[1]
+    assert [s for s in results[0][0] if s[0] == "s1"] == [("s1", 400, "stop"), ("s1", 50, None)]
+
+
+def test_a_stale_session_reopens_and_a_start_on_it_begins_a_new_one(engine, world):
+    """Review finding: a session closed as stale stayed closed, so no CoA was ever sent to it."""
+    apply(engine, *session_stream(NOW, [(100, 10)]))
+    with engine.begin() as conn:
+        assert store.close_stale_sessions(conn, NOW + timedelta(hours=1)) == 1
+    apply(engine, record(counters.INTERIM, NOW + timedelta(hours=2), 200, 20, 7200))
+    with engine.begin() as conn:
+        assert store.open_sessions(conn, world["service_id"])[0]["output_total"] == 200
+        store.close_stale_sessions(conn, NOW + timedelta(hours=3))
+    apply(engine, record(counters.START, NOW + timedelta(hours=4)),
+          record(counters.INTERIM, NOW + timedelta(hours=4, minutes=5), 70, 7, 300))
+    with engine.begin() as conn:
+        assert [(s["output_total"], s["closed"]) for s in store.session_rows(conn, "alice@isp")] == [
+            (200, "stale"), (70, None)]
+    assert period_row(engine, world["service_id"])["counted_bytes"] == 220 + 77
+
+
+def test_a_late_record_of_the_closed_period_does_not_recap_the_new_month(engine, world):
+    """Review finding: an interim stamped 23:59:55 applied after the period close capped the
+    service in December (and blocked it for the month) on November's buckets."""
+    sid = world["service_id"]
+    with engine.begin() as conn:
+        store.set_time_frames(conn, world["plan_id"], [])
+    apply(engine, *session_stream(NOW, [(9 * GB, 0)]))
+    with engine.begin() as conn:
+        ledger.close_periods(conn, datetime(2026, 12, 1, 0, 0, 30, tzinfo=timezone.utc))
+    apply(engine, record(counters.INTERIM, datetime(2026, 11, 30, 23, 59, 55, tzinfo=timezone.utc),
+                         11 * GB, 0, 3600 * 24 * 27))
+    assert service(engine, sid)["cap_state"] == "ok"
+    assert [a["kind"] for a in actions(engine, sid) if a["kind"] != "notify"] == []
+    november = period_row(engine, sid, NOW)
+    assert november["counted_bytes"] == 11 * GB  # the late bytes still count, in November

@@ -754,3 +754,31 @@ def test_applier_survives_an_unexpected_error(db_url, engine, world, modules, mo
     assert wait_for(lambda: failures and caught_up(module), timeout=3)
     assert counted(engine, world["service_id"]) == 10
     assert errors(module, "Input/output error")
+
+
+def test_a_failure_inside_one_by_one_never_replays_committed_records(db_url, engine, world, modules, monkeypatch):
+    """Review finding: after a transient error part-way through applying a batch record by
+    record, the applier re-read the batch from its start and counted a Start-after-Stop again."""
+    from sqlalchemy.exc import OperationalError
+    real = ledger.apply_records
+    failed = []
+
+    def flaky(conn, records, keep=False, cache=None):
+        if len(records) > 1:
+            raise ValueError("some record of this batch cannot be applied")  # -> one by one
+        if records and records[0].status == "Start" and records[0].time.minute == 7 and not failed:
+            failed.append(1)
+            raise OperationalError("UPDATE", {}, Exception(2013, "Lost connection during query"))
+        return real(conn, records, keep, cache)
+    monkeypatch.setattr(ledger, "apply_records", flaky)
+    module = modules(db_url)
+    minute = 60
+    feed(module, [acct("Start"), acct("Interim-Update", down=500, up=0, session_time=300),
+                  acct("Stop", down=800, up=0, session_time=360)], start=T0, step=minute)
+    feed(module, [acct("Start"), acct("Interim-Update", down=100, up=0, session_time=300)],
+         start=T0 + 7 * minute, step=5 * minute)
+    assert wait_for(lambda: caught_up(module))
+    assert failed and counted(engine, world["service_id"]) == 900
+    with engine.begin() as conn:
+        assert [(s["output_total"], s["closed"]) for s in store.session_rows(conn, "alice@isp")] == [
+            (800, "stop"), (100, None)]
