@@ -261,15 +261,12 @@ class Module:
         file present is unapplied and is applied from its start.
         """
         directory = Path(self.config.journal_dir)
-        try:
-            with self.engine.begin() as conn:
-                saved = store.journal_position(conn, self.config.node)
-        except DBAPIError as error:
-            self._database_down(error)
+        reachable, saved = self._saved_position()
+        if not reachable:
             return None
         present = journal.generations(directory)
         if saved is not None:
-            generation, position = journal.generation_of(saved[0]), saved[1]
+            generation, position = saved
             if generation is not None and generation in present and \
                     journal.file_size(directory, generation) >= position:
                 for old in present:
@@ -325,16 +322,22 @@ class Module:
             else:
                 generation, position = self.applied = step
 
-    def _committed(self) -> tuple[int, int] | None:
-        """The position the database holds for this node; None while it is unreachable."""
+    def _saved_position(self) -> tuple[bool, tuple[int | None, int] | None]:
+        """(reachable, (generation, position) the database holds for this node, or None)."""
         try:
             with self.engine.begin() as conn:
                 saved = store.journal_position(conn, self.config.node)
         except DBAPIError as error:
             self._database_down(error)
+            return False, None
+        return True, (None if saved is None else (journal.generation_of(saved[0]), saved[1]))
+
+    def _committed(self) -> tuple[int, int] | None:
+        """The position the database holds for this node; None while it is unreachable."""
+        reachable, saved = self._saved_position()
+        if not reachable:
             return None
-        generation = journal.generation_of(saved[0]) if saved else None
-        return (generation, saved[1]) if generation is not None else self.applied
+        return saved if saved is not None and saved[0] is not None else self.applied
 
     def _apply_step(self, directory: Path, generation: int, position: int):
         """Apply the next batch, or move on to the next journal file.
