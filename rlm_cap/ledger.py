@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 
 from . import counters, policy, store
 from .periods import Period, months_after, period_at, split_by_frames
-from .policy import BONUS, COMPENSATION, MONTHLY, TOPUP, TOPUP_KINDS, Plan, TopupPlan
+from .policy import BONUS, COMPENSATION, MONTHLY, ROLLOVER, TOPUP, TOPUP_KINDS, Plan, TopupPlan
 from .settings import Settings, resolve
 from .templates import render
 from .units import format_size
@@ -274,8 +274,8 @@ class _Writes:
 
     def add(self, period_id: int, consumption: policy.Consumption, bonus_ids: set[int], **usage: int) -> None:
         for bucket_id, amount in consumption.taken.items():
-            used = self.buckets.setdefault(bucket_id, {"used": 0})
-            used["used"] += amount
+            columns = self.buckets.setdefault(bucket_id, {})
+            columns["used"] = columns.get("used", 0) + amount
         bonus = sum(v for k, v in consumption.taken.items() if k in bonus_ids)
         columns = self.periods.setdefault(period_id, {})
         for name, amount in dict(usage, bonus_bytes=bonus, free_bytes=consumption.free,
@@ -321,6 +321,8 @@ def _count_usage(conn: Connection, services: dict[str, dict],
             writes.add(period_id, consumption, {b.id for b in buckets if b.kind == BONUS},
                        upload_bytes=step.input_delta, download_bytes=step.output_delta, counted_bytes=counted,
                        pending_overuse_bytes=0 if capped or late else consumption.overuse)
+            if late:
+                after = _take_back_rollover(conn, ctx, after, consumption, now, writes)
             if not late and policy.settle_needed(plan, ctx.service["cap_state"], ctx.rules, buckets, after, now):
                 writes.flush(conn)
                 settle(conn, ctx, now, consumption)
@@ -331,6 +333,23 @@ def _count_usage(conn: Connection, services: dict[str, dict],
         states[sid] = ctx.service["cap_state"]
     writes.flush(conn)
     return states
+
+
+def _take_back_rollover(conn: Connection, ctx: Context, buckets, consumption: policy.Consumption,
+                        now: datetime, writes: _Writes) -> tuple:
+    """A late record used monthly data that the next period already rolled over: take it back
+    out of that rollover bucket, or the same bytes would be granted twice."""
+    period = ctx.period(now)
+    old = next((b for b in buckets if b.kind == MONTHLY and b.valid_from == period.start), None)
+    rolled = next((b for b in buckets if b.kind == ROLLOVER and b.valid_from == period.end), None)
+    cut = min(consumption.taken.get(old.id, 0), rolled.remaining) if old and rolled else 0
+    if not cut:
+        return buckets
+    columns = writes.buckets.setdefault(rolled.id, {})
+    columns["size"] = columns.get("size", 0) - cut
+    store.add_history(conn, ctx.service["id"], now, "rollover", SYSTEM, size=-cut, bucket_id=rolled.id,
+                      detail=f"late usage of {period.label}: {format_size(cut)} less rolled over")
+    return tuple(replace(b, size=b.size - cut) if b.id == rolled.id else b for b in buckets)
 
 
 def _period(conn: Connection, ctx: Context, now: datetime, cache: ContextCache | None,

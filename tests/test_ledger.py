@@ -383,3 +383,7 @@ def test_a_late_record_of_the_closed_period_does_not_recap_the_new_month(engine,
     assert [a["kind"] for a in actions(engine, sid) if a["kind"] != "notify"] == []
     november = period_row(engine, sid, NOW)
     assert november["counted_bytes"] == 11 * GB  # the late bytes still count, in November
+    # November's last 1 GB had rolled over into December; the late record used it: taken back.
+    [rollover] = buckets_by_kind(engine, sid)["rollover"]
+    assert (rollover["size"], rollover["used"]) == (0, 0)
+    assert sorted((h["kind"], h["size"]) for h in history(engine, sid)) == [("rollover", -GB), ("rollover", GB)]
