@@ -70,8 +70,6 @@ def period_at(moment: datetime, tz: ZoneInfo, billing_day: int | None = None) ->
     return Period(_local_midnight(start, tz), _local_midnight(end, tz))
 
 
-def period_after(period: Period, tz: ZoneInfo, billing_day: int | None = None) -> Period:
-    return period_at(period.end, tz, billing_day)
 
 
 def months_after(moment: datetime, months: int, tz: ZoneInfo) -> datetime:

@@ -672,10 +672,6 @@ def find_period(conn: Connection, service_id: int, period_start: datetime,
     return _one(conn, statement.with_for_update() if for_update else statement)
 
 
-def insert_period(conn: Connection, service_id: int, start: datetime, end: datetime) -> bool:
-    """Open a period row; False when it is open already (idempotent)."""
-    return insert_ignore(conn, periods, {"service_id": service_id, "period_start": start,
-                                         "period_end": end}) == 1
 
 
 def add_period_usage(conn: Connection, period_id: int, **deltas: int) -> None:

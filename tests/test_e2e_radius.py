@@ -188,4 +188,4 @@ def test_real_nas_traces_replayed_through_freeradius(radius, engine, world):
     assert [(s["acct_session_id"], s["closed"], s["counter_time"]) for s in pppoe] == [("66", "stop", 11)]
     assert [(s["acct_session_id"], s["closed"]) for s in dhcp] == [("47", "stop")]
     assert len(meraki) == 1  # the repeated Start is a retransmit, not a second session
-    assert "quarantine" not in server.log.lower() or not server.quarantine()
+    assert not server.quarantine()  # every capture is well-formed: none was quarantined

@@ -9,7 +9,7 @@ import pytest
 from freezegun import freeze_time
 
 from rlm_cap.periods import (
-    ALL_DAYS, Period, TimeFrame, frame_windows, in_frame, months_after, parse_time_frame, period_after,
+    ALL_DAYS, Period, TimeFrame, frame_windows, in_frame, months_after, parse_time_frame,
     period_at, split_by_frames)
 
 UTC = timezone.utc
@@ -157,7 +157,7 @@ def test_period_does_not_read_the_clock():
         assert days(expected) == (date(2026, 10, 15), date(2026, 11, 15))
 
 
-# --------------------------------------------------------------------------- period_after
+# --------------------------------------------------------------------------- consecutive periods
 
 @pytest.mark.parametrize("tz", [UTC_ZONE, BERLIN, NEW_YORK])
 @pytest.mark.parametrize("billing_day", [None, 2, 15, 28, 29, 30, 31])
@@ -165,7 +165,7 @@ def test_period_after_is_continuous(tz, billing_day):
     p = period_at(local(tz, 2027, 11, 20, 12), tz, billing_day)
     seen_start_days = set()
     for _ in range(30):  # through a leap February (2028) and several DST changes
-        nxt = period_after(p, tz, billing_day)
+        nxt = period_at(p.end, tz, billing_day)  # the next period begins where this one ends
         assert nxt.start == p.end
         assert p.start < p.end
         assert p.contains(p.start) and not p.contains(p.end)
