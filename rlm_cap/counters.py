@@ -30,7 +30,7 @@ CLOSED_AS_GONE = "gone"
 PRESUMED_CLOSED = (CLOSED_AS_STALE, CLOSED_AS_GONE)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AccountingRecord:
     """One Accounting-Request, typed. Octet/gigaword fields are None when absent.
 
@@ -74,7 +74,7 @@ def _total(octets: int | None, gigawords: int | None) -> int | None:
     return (gigawords or 0) * GIGAWORD + octets
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Session:
     """What is remembered of one NAS session between packets."""
 
@@ -86,7 +86,7 @@ class Session:
     closed: str | None = None  # None = open, CLOSED_BY_STOP, CLOSED_BY_NAS_RESTART
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Step:
     """The outcome of one packet: the session after it and the bytes it adds.
 
@@ -168,8 +168,7 @@ def _count(session: Session, record: AccountingRecord) -> Step:
         note = "retransmit"
     counter_time = t1 if t1 is not None else t0
     last_time = max(session.last_time, record.time)
-    after = replace(session, input_total=new_in, output_total=new_out,
-                    counter_time=counter_time, last_time=last_time)
+    after = Session(new_in, new_out, counter_time, last_time, session.started_at, session.closed)
     interval_start = min(session.last_time, record.time)
     return Step(after, False, deltas[0], deltas[1], interval_start, note)
 

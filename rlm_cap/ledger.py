@@ -50,10 +50,18 @@ class Context:
         return period_at(now, self.tz, self.customer["billing_day"])
 
 
+def _scopes(service: dict, customer: dict) -> list[tuple[str, int | None]]:
+    """Where a service's settings come from, most general first."""
+    return _scopes_of(customer["partner_id"], service["plan_id"], customer["id"], service["id"])
+
+
+def _scopes_of(partner_id: int | None, plan_id: int, customer_id: int, service_id: int):
+    return [("global", 0), ("partner", partner_id), ("plan", plan_id), ("customer", customer_id),
+            ("service", service_id)]
+
+
 def effective_settings(conn: Connection, service: dict, customer: dict) -> Settings:
-    return resolve(store.setting_layers(conn, [
-        ("global", 0), ("partner", customer["partner_id"]), ("plan", service["plan_id"]),
-        ("customer", customer["id"]), ("service", service["id"])]))
+    return resolve(store.setting_layers(conn, _scopes(service, customer)))
 
 
 class ContextCache:
@@ -70,20 +78,48 @@ class ContextCache:
         self._contexts: dict[tuple, tuple[float, Context]] = {}
         self._periods: dict[tuple[int, datetime], int] = {}
 
-    def context(self, conn: Connection, service: dict) -> Context:
-        key = (service["id"], service["plan_id"], service["customer_id"])
-        hit = self._contexts.get(key)
+    @staticmethod
+    def _key(service: dict) -> tuple:
+        return service["id"], service["plan_id"], service["customer_id"]
+
+    def _fresh(self, service: dict) -> Context | None:
+        hit = self._contexts.get(self._key(service))
         if hit is not None and self.clock() - hit[0] < self.ttl:
             return replace(hit[1], service=service)
-        ctx = _load_context(conn, service)
-        self._contexts[key] = (self.clock(), ctx)
-        return ctx
+        return None
+
+    def context(self, conn: Connection, service: dict) -> Context:
+        return self.contexts(conn, [service])[service["id"]]
+
+    def contexts(self, conn: Connection, services: list[dict]) -> dict[int, Context]:
+        """The context of each service (by id); what is not cached is read in a few set-based queries."""
+        found = {s["id"]: self._fresh(s) for s in services}
+        missing = [s for s in services if found[s["id"]] is None]
+        if missing:
+            customers = store.customers_by_id(conn, [s["customer_id"] for s in missing])
+            plans = {pid: (store.load_plan(conn, pid), store.load_notification_rules(conn, pid))
+                     for pid in {s["plan_id"] for s in missing}}
+            layers = store.settings_of(conn, [scope for s in missing
+                                              for scope in _scopes(s, customers[s["customer_id"]])])
+            now = self.clock()
+            for service in missing:
+                customer = customers[service["customer_id"]]
+                plan, rules = plans[service["plan_id"]]
+                settings = resolve([layers.get(scope, {}) for scope in _scopes(service, customer)])
+                found[service["id"]] = ctx = Context(service, customer, plan, settings, rules)
+                self._contexts[self._key(service)] = (now, ctx)
+        return found
 
     def known_period(self, ctx: Context, now: datetime) -> int | None:
         return self._periods.get((ctx.service["id"], ctx.period(now).start))
 
     def remember_period(self, ctx: Context, now: datetime, period_id: int) -> None:
         self._periods[(ctx.service["id"], ctx.period(now).start)] = period_id
+
+    def find_periods(self, conn: Connection, wanted) -> None:
+        """Remember the ids of the existing periods among (context, moment) pairs, in one query."""
+        keys = {(ctx.service["id"], ctx.period(now).start) for ctx, now in wanted} - self._periods.keys()
+        self._periods.update(store.period_ids(conn, keys))
 
     def clear(self) -> None:
         """Forget everything (after a rolled-back transaction, cached ids may not exist)."""
@@ -92,14 +128,7 @@ class ContextCache:
 
 
 def load_context(conn: Connection, service: dict, cache: ContextCache | None = None) -> Context:
-    return cache.context(conn, service) if cache is not None else _load_context(conn, service)
-
-
-def _load_context(conn: Connection, service: dict) -> Context:
-    customer = store.find_customer(conn, service["customer_id"])
-    return Context(service, customer, store.load_plan(conn, service["plan_id"]),
-                   effective_settings(conn, service, customer),
-                   store.load_notification_rules(conn, service["plan_id"]))
+    return (cache or ContextCache(ttl=0)).context(conn, service)
 
 
 # --------------------------------------------------------------------------- periods
@@ -139,8 +168,7 @@ def close_periods(conn: Connection, now: datetime) -> int:
     layers = store.settings_named(conn, ("timezone", "rollover_months"))
     groups: dict[tuple, list[int]] = {}
     for row in due:
-        scopes = [("global", 0), ("partner", row["partner_id"]), ("plan", row["plan_id"]),
-                  ("customer", row["customer_id"]), ("service", row["id"])]
+        scopes = _scopes_of(row["partner_id"], row["plan_id"], row["customer_id"], row["id"])
         settings = resolve([layers.get(scope, {}) for scope in scopes])
         groups.setdefault((settings.timezone, row["billing_day"], settings.rollover_months), []).append(row["id"])
     for (zone, billing_day, rollover_months), ids in groups.items():
@@ -253,7 +281,8 @@ def _apply_segment(conn: Connection, records: list[counters.AccountingRecord], k
     store.update_sessions(conn, {w.row_id: (w.session, w.framed_ip) for w in existing if w.changed})
     if usage:
         states = _count_usage(conn, services, usage, cache)
-        results = [replace(r, state=states.get(r.service_id, r.state)) for r in results]
+        results = [r if states.get(r.service_id, r.state) == r.state else replace(r, state=states[r.service_id])
+                   for r in results]
     return results
 
 
@@ -297,8 +326,11 @@ def _count_usage(conn: Connection, services: dict[str, dict],
     all_buckets = store.buckets_of(conn, list(usage), earliest)
     writes = _Writes()
     states = {}
+    cache = cache or ContextCache(ttl=0)
+    contexts = cache.contexts(conn, [by_id[sid] for sid in usage])
+    cache.find_periods(conn, [(contexts[sid], record.time) for sid, items in usage.items() for record, _ in items])
     for sid, items in usage.items():
-        ctx = load_context(conn, by_id[sid], cache)
+        ctx = contexts[sid]
         buckets = all_buckets[sid]
         # Records are in receive order, not time order: a reload must keep the
         # buckets an earlier-stamped record of this batch may still use.

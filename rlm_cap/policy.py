@@ -70,7 +70,7 @@ class Plan:
         return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Bucket:
     id: int
     kind: str
@@ -160,7 +160,7 @@ def bonus_order(buckets, now: datetime) -> list[Bucket]:
     return sorted((b for b in buckets if b.kind == BONUS and b.active(now)), key=_expiry_key)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Consumption:
     """Where one delta went: bytes per bucket id, over-use, and free bonus bytes."""
 
@@ -210,7 +210,8 @@ def _take(ordered: list[Bucket], amount: int, taken: dict[int, int]) -> int:
 
 
 def with_consumption(buckets, consumption: Consumption) -> tuple[Bucket, ...]:
-    return tuple(replace(b, used=b.used + consumption.taken.get(b.id, 0)) for b in buckets)
+    taken = consumption.taken
+    return tuple(replace(b, used=b.used + taken[b.id]) if b.id in taken else b for b in buckets)
 
 
 def topup_refusal(origin: str, settings: Settings, topups_this_month: dict[str, int],

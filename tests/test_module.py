@@ -673,7 +673,7 @@ def test_config_defaults():
     config = Config.from_radiusd({"db_url": "sqlite:///x.db", "node": None, "fsync": "no"})
     assert config.mode == "journal" and config.node == socket.gethostname()
     assert (config.fsync, config.keep_unknown, config.trust_event_timestamp) == (False, False, False)
-    assert config.batch_size == 500 and config.rotate_bytes == 64 * 2**20
+    assert config.batch_size == 10000 and config.rotate_bytes == 64 * 2**20
 
 
 @pytest.mark.parametrize("values, message", [
