@@ -1,157 +1,205 @@
-"""Rough throughput of the accounting path through real FreeRADIUS (loopback only, bounded).
+"""P1: accounting throughput through real FreeRADIUS, rlm_cap against stock rlm_sql.
 
-Starts FreeRADIUS with rlm_cap (``capctl radius run``) on free loopback ports
-against a database, replays Interim-Updates of many sessions with a fixed
-number of requests in flight, and reports answered requests per second, lost
-requests, and how long the journal applier needed to drain the backlog.
+Each round runs every accounting path (``bench.servers``) once, the order
+rotated from round to round, with the same pre-encoded requests and the same
+in-flight window: realistic sessions (a Start each, then Interim-Updates whose
+counters pass 2^32). Per run it reports answered requests per second, p50/p99
+latency, lost requests, the CPU seconds of FreeRADIUS, MariaDB and the load
+generator, and checks the stored totals against what the NAS sent. For
+``rlm_cap-journal`` it also reports how fast the journal applier applied the
+records and the backlog it had when the load ended.
 
-    .venv/bin/python -m bench.accounting --db mysql+pymysql://rlm_cap_test:rlm_cap_test@127.0.0.1/rlm_cap_bench \
-        --mode journal --count 20000 --window 32
+Then the latency at half the highest rate: requests paced at half of each
+path's best rate.
 
-The count, the in-flight window and a time limit bound every run.
+    .venv/bin/python -m bench.accounting --db mysql+pymysql://rlm_cap_test:rlm_cap_test@127.0.0.1/rlm_cap_test_bench
+
+Loopback only; the count, the window and a time limit bound every run.
 """
 
 from __future__ import annotations
 
 import argparse
-import socket
+import json
+import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from pyrad import packet as radius_packet
-
 from rlm_cap import store
-from tests.harness import DICTIONARY, SECRET, FreeRadius, wait_for
+from rlm_cap.periods import months_after, period_at
+from rlm_cap.settings import resolve
+
+from . import load, servers
 
 GB = 10**9
-STEP = 50_000_000  # bytes per interim: counters cross 2^32 after ~86 interims
+DEFAULT_PATHS = ("rlm_cap-journal", "rlm_sql", "rlm_cap-sync", "ok", "python-noop")
 
 
-def prepare(db_url: str, users: int) -> None:
+def prepare_rlm_cap(db_url: str, users: int) -> None:
+    """A fresh schema, one plan, ``users`` services with this month's period open (the enforcer's job)."""
     engine = store.make_engine(db_url)
     store.metadata.drop_all(engine)
     store.create_schema(engine)
     now = datetime.now(timezone.utc)
+    tz = resolve([]).tz
+    period = period_at(now, tz)
+    previous = period_at(period.start - timedelta(microseconds=1), tz)
     with engine.begin() as conn:
-        plan = store.add_plan(conn, name="Bench 100GB", monthly_limit=100 * GB, action="reduce",
+        plan = store.add_plan(conn, name="Bench 1TB", monthly_limit=1000 * GB, action="reduce",
                               reduce_percent=50, normal_rate="10M/20M")
         customer = store.add_customer(conn, "bench", now)
-        for u in range(users):
-            store.add_service(conn, customer, plan, f"user{u}", "", now, "ok")
+        ids = [store.add_service(conn, customer, plan, load.user(u), "", now, "ok") for u in range(users)]
+        store.open_periods(conn, ids, period.start, period.end, previous.start, months_after(period.start, 1, tz),
+                           now)
     engine.dispose()
 
 
-def packets(count: int, users: int) -> list[bytes]:
-    """Start per user, then Interim-Updates with growing counters that pass 2^32."""
-    encoded = []
-    for i in range(count):
-        user, n = i % users, i // users
-        request = radius_packet.AcctPacket(code=radius_packet.AccountingRequest, secret=SECRET, dict=DICTIONARY)
-        request["User-Name"] = f"user{user}"
-        request["Acct-Session-Id"] = f"b{user}"
-        request["NAS-IP-Address"] = "192.0.2.1"
-        if n == 0:
-            request["Acct-Status-Type"] = "Start"
-        else:
-            total = n * STEP
-            request["Acct-Status-Type"] = "Interim-Update"
-            request["Acct-Output-Octets"], request["Acct-Output-Gigawords"] = total % 2**32, total >> 32
-            request["Acct-Input-Octets"], request["Acct-Input-Gigawords"] = 0, 0
-            request["Acct-Session-Time"] = n * 60
-        request.id = i % 256
-        encoded.append(request.RequestPacket())
-    return encoded
+def stored_download(db_url: str, path: str) -> int:
+    if not path.startswith("rlm_cap-"):
+        return servers.radacct_download(db_url)
+    engine = store.make_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            return sum(row["download_bytes"] for row in conn.execute(store.periods.select()).mappings())
+    finally:
+        engine.dispose()
 
 
-def blast(port: int, datagrams: list[bytes], window: int, time_limit: float) -> tuple[int, float]:
-    """Send with ``window`` requests in flight (one socket per slot, so ids never clash)."""
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(window)]
-    for s in sockets:
-        s.setblocking(False)
-        s.connect(("127.0.0.1", port))
-    import selectors
-    selector = selectors.DefaultSelector()
-    for slot, s in enumerate(sockets):
-        selector.register(s, selectors.EVENT_READ, slot)
-    next_index, answered, in_flight = 0, 0, {}
-    started = time.monotonic()
-    deadline = started + time_limit
+def mariadb_pid(db_url: str) -> int | None:
+    engine = store.make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            pid_file = conn.exec_driver_sql("SELECT @@pid_file").scalar()
+        return int(Path(pid_file).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    finally:
+        engine.dispose()
 
-    def send(slot):
-        nonlocal next_index
-        if next_index < len(datagrams):
-            sockets[slot].send(datagrams[next_index])
-            in_flight[slot] = (next_index, time.monotonic())
-            next_index += 1
 
-    for slot in range(window):
-        send(slot)
-    while in_flight and time.monotonic() < deadline:
-        for key, _ in selector.select(timeout=0.5):
-            slot = key.data
-            try:
-                key.fileobj.recv(4096)
-            except BlockingIOError:
-                continue
-            answered += 1
-            in_flight.pop(slot, None)
-            send(slot)
-        now = time.monotonic()
-        for slot, (_, sent_at) in list(in_flight.items()):
-            if now - sent_at > 2.0:  # lost: move on, count it as unanswered
-                in_flight.pop(slot)
-                send(slot)
-    elapsed = time.monotonic() - started
-    for s in sockets:
-        s.close()
-    return answered, elapsed
+def run_once(path: str, db_url: str, count: int, users: int, window: int, time_limit: float,
+             rate: float | None = None) -> dict:
+    """One path, one run: start, load, wait for the totals, stop. Returns the measurements."""
+    if path.startswith("rlm_cap-"):
+        prepare_rlm_cap(db_url, users)
+    elif path == "rlm_sql":
+        servers.create_radacct(db_url)
+    datagrams = load.requests(count, users)
+    database = mariadb_pid(db_url)
+    with tempfile.TemporaryDirectory(prefix="rlm_cap-bench-") as tmp:
+        server = servers.start(path, Path(tmp), db_url, {"apply_interval": "0.02"})
+        try:
+            pids = {"freeradius": server.pid, "mariadb": database}
+            before = {name: load.cpu_seconds(pid) for name, pid in pids.items() if pid}
+            mine = time.process_time()
+            result = (load.closed_loop(server.acct_port, datagrams, window, time_limit) if rate is None
+                      else load.paced(server.acct_port, datagrams, rate, time_limit))
+            cpu = {name: load.cpu_seconds(pid) - before[name] for name, pid in pids.items() if pid}
+            cpu["generator"] = time.process_time() - mine
+            measured = dict(path=path, sent=result.sent, answered=result.answered, lost=result.lost,
+                            seconds=round(result.elapsed, 3), rate=round(result.rate),
+                            p50_ms=round(result.percentile(0.5) * 1000, 2),
+                            p99_ms=round(result.percentile(0.99) * 1000, 2),
+                            cpu_per_1k={k: round(v / max(result.answered, 1) * 1000, 3) for k, v in cpu.items()})
+            expected = load.expected_download(count, users) if path not in ("ok", "python-noop") else None
+            if expected is not None:
+                load_ended = time.monotonic()
+                deadline = load_ended + time_limit
+                first = stored_download(db_url, path)
+                while stored_download(db_url, path) < expected and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                stored = stored_download(db_url, path)
+                measured["exact"] = stored == expected
+                if path == "rlm_cap-journal":
+                    drain = time.monotonic() - load_ended
+                    measured["backlog_at_end_pct"] = round(100 * (1 - first / expected), 1) if expected else 0.0
+                    measured["drain_s"] = round(drain, 2)
+                    measured["applied_per_s"] = round(result.answered / (result.elapsed + drain))
+        finally:
+            server.stop()
+    return measured
+
+
+def rounds(paths, rounds_: int, **kwargs) -> list[dict]:
+    runs = []
+    for r in range(rounds_):
+        order = list(paths[r % len(paths):]) + list(paths[:r % len(paths)])
+        for path in order:
+            count = kwargs["count"] if path != "rlm_cap-sync" else max(kwargs["count"] // 8, kwargs["users"] * 2)
+            run = run_once(path, **dict(kwargs, count=count))
+            run["round"] = r + 1
+            print(json.dumps(run), flush=True)
+            runs.append(run)
+    return runs
+
+
+def summary(runs: list[dict]) -> dict[str, dict]:
+    """Median of each path's rounds, and each round's ratio to rlm_sql of the same round."""
+    by_path: dict[str, list[dict]] = {}
+    for run in runs:
+        by_path.setdefault(run["path"], []).append(run)
+    base = {run["round"]: run["rate"] for run in by_path.get("rlm_sql", [])}
+    table = {}
+    for path, own in by_path.items():
+        ratios = [run["rate"] / base[run["round"]] for run in own if base.get(run["round"])]
+        table[path] = dict(
+            rate=statistics.median(run["rate"] for run in own),
+            ratio=round(statistics.median(ratios), 2) if ratios else None,
+            p50_ms=statistics.median(run["p50_ms"] for run in own),
+            p99_ms=statistics.median(run["p99_ms"] for run in own),
+            lost=sum(run["lost"] for run in own), exact=all(run.get("exact", True) for run in own),
+            cpu_per_1k={k: round(statistics.median(run["cpu_per_1k"].get(k, 0) for run in own), 3)
+                        for k in own[0]["cpu_per_1k"]},
+            **{k: statistics.median(run[k] for run in own)
+               for k in ("applied_per_s", "backlog_at_end_pct", "drain_s") if k in own[0]})
+    return table
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--db", required=True, help="a database this benchmark may wipe")
-    parser.add_argument("--mode", choices=["journal", "sync"], default="journal")
-    parser.add_argument("--count", type=int, default=20000)
-    parser.add_argument("--users", type=int, default=500)
-    parser.add_argument("--window", type=int, default=32)
-    parser.add_argument("--time-limit", type=float, default=120)
+    parser.add_argument("--db", required=True, help="a MariaDB database this benchmark may wipe")
+    parser.add_argument("--paths", default=",".join(DEFAULT_PATHS), help=f"comma-separated, of {servers.PATHS}")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--count", type=int, default=30000, help="requests per run")
+    parser.add_argument("--users", type=int, default=2000, help="sessions the requests belong to")
+    parser.add_argument("--window", type=int, default=32, help="requests in flight")
+    parser.add_argument("--time-limit", type=float, default=120, help="seconds, per run")
+    parser.add_argument("--half-rate", action="store_true", help="also measure latency at half the best rate")
+    parser.add_argument("--json", help="write the runs and the summary to this file")
     args = parser.parse_args(argv)
-    if args.count > 1_000_000:
-        parser.error("--count is bounded to 1,000,000")
+    if not 1 <= args.count <= 1_000_000 or not 1 <= args.rounds <= 20 or not 1 <= args.window <= 1024:
+        parser.error("bounded: --count 1..1,000,000, --rounds 1..20, --window 1..1024")
+    paths = [p for p in args.paths.split(",") if p]
+    unknown = set(paths) - set(servers.PATHS)
+    if unknown:
+        parser.error(f"unknown paths {sorted(unknown)}; choose from {servers.PATHS}")
 
-    prepare(args.db, args.users)
-    datagrams = packets(args.count, args.users)
-    with tempfile.TemporaryDirectory(prefix="rlm_cap-bench-") as tmp:
-        server = FreeRadius(args.db, Path(tmp) / "raddb", mode=args.mode, node="bench",
-                            settings={"apply_interval": "0.02", "state_refresh": "2"}).start()
-        try:
-            answered, elapsed = blast(server.acct_port, datagrams, args.window, args.time_limit)
-            engine = store.make_engine(args.db)
-            # Each user's last interim carries its session's total download.
-            expected = sum(((args.count - 1 - user) // args.users) * STEP
-                           for user in range(min(args.users, args.count)))
-            drain_started = time.monotonic()
-
-            def applied():
-                with engine.begin() as conn:
-                    rows = conn.execute(store.periods.select()).mappings().all()
-                return sum(r["download_bytes"] for r in rows)
-            try:
-                wait_for(lambda: applied() >= expected, timeout=args.time_limit, interval=0.2, what="drain")
-                drained = time.monotonic() - drain_started
-            except AssertionError:
-                drained = float("nan")
-            engine.dispose()
-        finally:
-            server.stop()
-    rate = answered / elapsed if elapsed else 0
-    print(f"mode={args.mode} db={args.db.split('://')[0]} sent={args.count} answered={answered} "
-          f"lost={args.count - answered} window={args.window} elapsed={elapsed:.2f}s "
-          f"rate={rate:.0f} req/s drain_after_load={drained:.2f}s")
-    return 0 if answered == args.count else 1
+    common = dict(db_url=args.db, count=args.count, users=args.users, window=args.window,
+                  time_limit=args.time_limit)
+    runs = rounds(paths, args.rounds, **common)
+    table = summary(runs)
+    half = []
+    if args.half_rate:
+        for path in [p for p in ("rlm_cap-journal", "rlm_sql") if p in table]:
+            run = run_once(path, **common, rate=table[path]["rate"] / 2)
+            run["target_rate"] = round(table[path]["rate"] / 2)
+            print(json.dumps(run), flush=True)
+            half.append(run)
+    for path, row in table.items():
+        print(f"{path:16} {row['rate']:>7.0f} req/s  ratio {row['ratio']}  p50 {row['p50_ms']} ms  "
+              f"p99 {row['p99_ms']} ms  lost {row['lost']}  exact {row['exact']}  cpu/1k {row['cpu_per_1k']}"
+              + (f"  applied {row['applied_per_s']}/s, backlog at end {row['backlog_at_end_pct']} %, "
+                 f"drained in {row['drain_s']} s" if "applied_per_s" in row else ""))
+    for run in half:
+        print(f"{run['path']:16} at {run['target_rate']} req/s: p50 {run['p50_ms']} ms  p99 {run['p99_ms']} ms  "
+              f"lost {run['lost']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(runs=runs, summary=table, half_rate=half), indent=1))
+    ok = all(row["lost"] == 0 and row["exact"] for row in table.values())
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
