@@ -1,5 +1,5 @@
 # rlm_cap — the two front-door commands:
-#   make demo   the main job on the embedded SQLite default
+#   make demo   the whole stack on loopback, on the embedded SQLite default (KEEP=1: leave it running)
 #   make test   installs what is missing (MariaDB, FreeRADIUS, the virtualenv) and runs every test
 VENV ?= .venv
 PYTHON ?= python3
@@ -25,8 +25,8 @@ freeradius:
 test: venv mariadb freeradius
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-demo: venv
-	$(VENV)/bin/python -m cli.demo
+demo: venv freeradius
+	$(VENV)/bin/python -m cli.demo $(if $(KEEP),--keep)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
