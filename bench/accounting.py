@@ -158,6 +158,17 @@ def summary(runs: list[dict]) -> dict[str, dict]:
     return table
 
 
+def half_rate(table: dict[str, dict], **kwargs) -> list[dict]:
+    """rlm_cap-journal and rlm_sql paced at half their best rate: the latency under a steady load."""
+    runs = []
+    for path in [p for p in ("rlm_cap-journal", "rlm_sql") if p in table]:
+        run = run_once(path, **kwargs, rate=table[path]["rate"] / 2)
+        run["target_rate"] = round(table[path]["rate"] / 2)
+        print(json.dumps(run), flush=True)
+        runs.append(run)
+    return runs
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", required=True, help="a MariaDB database this benchmark may wipe")
@@ -181,13 +192,7 @@ def main(argv=None) -> int:
                   time_limit=args.time_limit)
     runs = rounds(paths, args.rounds, **common)
     table = summary(runs)
-    half = []
-    if args.half_rate:
-        for path in [p for p in ("rlm_cap-journal", "rlm_sql") if p in table]:
-            run = run_once(path, **common, rate=table[path]["rate"] / 2)
-            run["target_rate"] = round(table[path]["rate"] / 2)
-            print(json.dumps(run), flush=True)
-            half.append(run)
+    half = half_rate(table, **common) if args.half_rate else []
     for path, row in table.items():
         print(f"{path:16} {row['rate']:>7.0f} req/s  ratio {row['ratio']}  p50 {row['p50_ms']} ms  "
               f"p99 {row['p99_ms']} ms  lost {row['lost']}  exact {row['exact']}  cpu/1k {row['cpu_per_1k']}"

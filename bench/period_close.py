@@ -47,15 +47,10 @@ def prepare(db_url: str, count: int) -> None:
     engine.dispose()
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--db", required=True, help="a database this benchmark may wipe")
-    parser.add_argument("--services", type=int, default=100000)
-    args = parser.parse_args(argv)
-    if not 1 <= args.services <= 1_000_000:
-        parser.error("--services is bounded to 1..1,000,000")
-    prepare(args.db, args.services)
-    engine = store.make_engine(args.db)
+def measure(db_url: str, services: int = 100000) -> dict:
+    """Close October for ``services`` services on 1 November, twice (the second pass finds nothing due)."""
+    prepare(db_url, services)
+    engine = store.make_engine(db_url)
     now = datetime(2026, 11, 1, 0, 1, tzinfo=timezone.utc)
     timings = []
     for _ in range(2):
@@ -68,10 +63,24 @@ def main(argv=None) -> int:
                   for kind in ("monthly", "rollover")}
         restores = conn.execute(select(func.count()).select_from(store.actions)).scalar()
     engine.dispose()
-    print(f"services={args.services} db={args.db.split('://')[0]} first_pass={timings[0][1]:.2f}s "
-          f"(due {timings[0][0]}) second_pass={timings[1][1]:.2f}s (due {timings[1][0]}) "
-          f"monthly_buckets={counts['monthly']} rollover_buckets={counts['rollover']} restores={restores}")
-    return 0
+    return dict(services=services, first_pass_s=round(timings[0][1], 2), due=timings[0][0],
+                second_pass_s=round(timings[1][1], 2), due_again=timings[1][0],
+                monthly_buckets=counts["monthly"], rollover_buckets=counts["rollover"], restores=restores)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--db", required=True, help="a database this benchmark may wipe")
+    parser.add_argument("--services", type=int, default=100000)
+    args = parser.parse_args(argv)
+    if not 1 <= args.services <= 1_000_000:
+        parser.error("--services is bounded to 1..1,000,000")
+    result = measure(args.db, args.services)
+    print(f"services={result['services']} db={args.db.split('://')[0]} first_pass={result['first_pass_s']}s "
+          f"(due {result['due']}) second_pass={result['second_pass_s']}s (due {result['due_again']}) "
+          f"monthly_buckets={result['monthly_buckets']} rollover_buckets={result['rollover_buckets']} "
+          f"restores={result['restores']}")
+    return 0 if result["due"] == args.services and result["due_again"] == 0 else 1
 
 
 if __name__ == "__main__":
