@@ -6,7 +6,7 @@ PYTHON ?= python3
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test demo venv mariadb freeradius clean
+.PHONY: test demo bench venv mariadb freeradius clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: venv mariadb freeradius
 
 demo: venv freeradius
 	$(VENV)/bin/python -m cli.demo $(if $(KEEP),--keep)
+
+# Not part of make test: about 5 minutes, written into BENCHMARKS.md.
+bench: venv mariadb freeradius
+	$(VENV)/bin/python -m bench.run
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

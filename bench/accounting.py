@@ -90,7 +90,7 @@ def run_once(path: str, db_url: str, count: int, users: int, window: int, time_l
     datagrams = load.requests(count, users)
     database = mariadb_pid(db_url)
     with tempfile.TemporaryDirectory(prefix="rlm_cap-bench-") as tmp:
-        server = servers.start(path, Path(tmp), db_url, {"apply_interval": "0.02"})
+        server = servers.start(path, Path(tmp), db_url)
         try:
             pids = {"freeradius": server.pid, "mariadb": database}
             before = {name: load.cpu_seconds(pid) for name, pid in pids.items() if pid}

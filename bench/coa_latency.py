@@ -11,18 +11,15 @@ at the NAS is measured. Bounded by N and a time limit.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from cli.lab import CapEnforcer, FreeRadius, Nas, NasSimulator, wait_for
 from rlm_cap import store
-from tests.harness import FreeRadius, Nas, wait_for
-from tests.nas_simulator import NasSimulator
+from rlm_cap.module import Config
 
 GB = 10**9
 SECRET = "bench-secret"
@@ -42,12 +39,10 @@ def measure(db_url: str, crossings: int = 200, spacing: float = 0.2, time_limit:
             for u in range(crossings):
                 store.add_service(conn, customer, plan, f"user{u}", "", now, "ok")
             store.add_nas(conn, "127.0.0.1", SECRET, "sim", "mikrotik", simulator.port)
-        server = FreeRadius(db_url, Path(tmp) / "raddb", node="bench", settings={}).start()
-        config = Path(tmp) / "rlm_cap.conf"
-        config.write_text("[enforcer]\nnode = bench\n")  # default intervals
-        enforcer = subprocess.Popen([str(Path(sys.executable).parent / "cap-enforcer"), "--db", db_url, "run"],
-                                    env={**os.environ, "RLM_CAP_CONFIG": str(config)},
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        # The product's defaults for FreeRADIUS and cap-enforcer, not the faster polling the tests use.
+        server = FreeRadius(db_url, Path(tmp) / "raddb", node="bench", settings={
+            "apply_interval": str(Config.apply_interval), "state_refresh": str(Config.state_refresh)}).start()
+        enforcer = CapEnforcer(Path(tmp) / "enforcer", f"[database]\nurl = {db_url}\n\n[enforcer]\nnode = bench\n").start()
         try:
             nas = Nas(server, address="127.0.0.1")
             for u in range(crossings):
@@ -63,8 +58,7 @@ def measure(db_url: str, crossings: int = 200, spacing: float = 0.2, time_limit:
             wait_for(lambda: len(simulator.requests) >= len(sent), timeout=time_limit, interval=0.2,
                      what="every CoA")
         finally:
-            enforcer.send_signal(signal.SIGTERM)
-            enforcer.wait(30)
+            enforcer.stop()
             server.stop()
             engine.dispose()
         latencies = sorted(r["received_at"] - sent[r["attributes"]["Acct-Session-Id"][0]]

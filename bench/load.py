@@ -21,12 +21,8 @@ import time
 from dataclasses import dataclass, field
 
 from pyrad import packet as radius_packet
-from pyrad.dictionary import Dictionary
 
-from rlm_cap.raddb import PROJECT
-
-DICTIONARY = Dictionary(str(PROJECT / "rlm_cap" / "dictionary"))
-SECRET = b"testing123"
+from cli.lab import DICTIONARY, SECRET
 STEP = 200_000_000  # bytes per interim: a session's counters pass 2^32 after 22 interims
 LOST_AFTER = 2.0  # seconds without an answer: the request counts as lost
 
@@ -88,12 +84,6 @@ class Result:
             return float("nan")
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _sockets(port: int, count: int) -> list[socket.socket]:

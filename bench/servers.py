@@ -11,70 +11,44 @@
   ceiling of any Python module.
 
 Every server runs from a private copy of /etc/freeradius/3.0 rendered by
-``rlm_cap.raddb`` and is stopped by its own PID.
+``rlm_cap.raddb`` and is stopped by its own PID (``cli.lab``).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import pymysql
 from pymysql.constants import CLIENT
 from sqlalchemy.engine import make_url
 
+from cli import lab
 from rlm_cap import raddb
+from rlm_cap.module import Config
 
-from .load import SECRET, free_port
+from .load import SECRET
 
 PATHS = ("rlm_cap-journal", "rlm_cap-sync", "rlm_sql", "ok", "python-noop")
 BENCH = Path(__file__).resolve().parent
 STOCK_SQL = raddb.SYSTEM_RADDB / "mods-config" / "sql" / "main" / "mysql"
 
 
-class Server:
-    """FreeRADIUS in the foreground (``-f``), ready once it says so."""
+class StockFreeRadius(lab.FreeRadius):
+    """FreeRADIUS on a configuration rendered here, without rlm_cap (``render`` fills the directory)."""
 
-    def __init__(self, argv: list[str], acct_port: int, env: dict[str, str] | None = None):
-        self.argv, self.acct_port, self.env = argv, acct_port, env
-        self.output: list[str] = []
-        self.process: subprocess.Popen | None = None
+    def __init__(self, directory: Path, render):
+        super().__init__("sqlite://", directory)
+        self.render = render
 
-    def start(self) -> "Server":
-        self.process = subprocess.Popen(self.argv, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, start_new_session=True)
-        ready = threading.Event()
-
-        def read():
-            for line in self.process.stdout:
-                self.output.append(line.rstrip("\n"))
-                if "Ready to process requests" in line:
-                    ready.set()
-        threading.Thread(target=read, daemon=True).start()
-        deadline = time.monotonic() + 30
-        while not ready.wait(0.1):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("FreeRADIUS did not start:\n" + "\n".join(self.output[-30:]))
-        return self
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def stop(self, timeout: float = 60) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        target = raddb.render(raddb.Options(self.directory, "sqlite://", secret=SECRET.decode(),
+                                            auth_port=self.auth_port, acct_port=self.acct_port))
+        (target / "mods-enabled" / "rlm_cap").unlink()
+        (target / "sites-enabled" / "rlm_cap").unlink()
+        self.render(target, self.acct_port)
+        return raddb.command(target), raddb.environment(dict(os.environ))
 
 
 def _site(name: str, acct_port: int, preacct: str, accounting: str, modules: str = "") -> str:
@@ -137,40 +111,26 @@ def radacct_download(db_url: str) -> int:
         conn.close()
 
 
-def start(path: str, directory: Path, db_url: str | None = None,
-          rlm_cap_settings: dict[str, str] | None = None) -> Server:
-    """Render ``path``'s configuration into ``directory`` and start FreeRADIUS on a free port."""
-    acct_port = free_port()
+def start(path: str, directory: Path, db_url: str | None = None) -> lab.FreeRadius:
+    """Start FreeRADIUS for ``path`` on free loopback ports, its files in ``directory``."""
     if path.startswith("rlm_cap-"):
-        mode = path.split("-", 1)[1]
-        argv = [str(Path(sys.executable).parent / "capctl"), "--db", db_url, "radius", "run",
-                "--auth-port", str(free_port()), "--acct-port", str(acct_port), "--mode", mode, "--dir", str(directory / "raddb"),
-                "--journal-dir", str(directory / "journal"), "--node", f"bench-{mode}",
-                "--secret", SECRET.decode()]
-        for key, value in (rlm_cap_settings or {}).items():
-            argv += ["--set", f"{key}={value}"]
-        return Server(argv, acct_port).start()
+        # The product's defaults, not the faster polling the tests use.
+        defaults = {"apply_interval": str(Config.apply_interval), "state_refresh": str(Config.state_refresh)}
+        return lab.FreeRadius(db_url, directory / "raddb", mode=path.split("-", 1)[1], node=f"bench-{path}",
+                              settings=defaults).start()
 
-    target = raddb.render(raddb.Options(directory / "raddb", "sqlite://", secret=SECRET.decode(),
-                                        acct_port=acct_port))
-    (target / "mods-enabled" / "rlm_cap").unlink()
-    (target / "sites-enabled" / "rlm_cap").unlink()
-    if path == "rlm_sql":
-        (target / "mods-enabled" / "sql").write_text(_stock_sql_module(db_url))
-        site = _site("stock_sql", acct_port, "\t\tacct_unique", "\t\tsql")
-    elif path == "ok":
-        site = _site("ok_only", acct_port, "", "\t\tok")
-    elif path == "python-noop":
-        module = f"""python3 bench_noop {{
-	python_path = "{BENCH}"
-	module = noop_module
-	mod_accounting = ${{.module}}
-	func_accounting = accounting
-}}
-"""
-        (target / "mods-enabled" / "bench_noop").write_text(module)
-        site = _site("python_noop", acct_port, "", "\t\tbench_noop")
-    else:
-        raise ValueError(f"unknown path {path!r}; one of {PATHS}")
-    (target / "sites-enabled" / path).write_text(site)
-    return Server(raddb.command(target), acct_port, raddb.environment(dict(os.environ))).start()
+    def render(target: Path, acct_port: int) -> None:
+        if path == "rlm_sql":
+            (target / "mods-enabled" / "sql").write_text(_stock_sql_module(db_url))
+            site = _site("stock_sql", acct_port, "\t\tacct_unique", "\t\tsql")
+        elif path == "ok":
+            site = _site("ok_only", acct_port, "", "\t\tok")
+        elif path == "python-noop":
+            (target / "mods-enabled" / "bench_noop").write_text(
+                f'python3 bench_noop {{\n\tpython_path = "{BENCH}"\n\tmodule = noop_module\n'
+                f'\tmod_accounting = ${{.module}}\n\tfunc_accounting = accounting\n}}\n')
+            site = _site("python_noop", acct_port, "", "\t\tbench_noop")
+        else:
+            raise ValueError(f"unknown path {path!r}; one of {PATHS}")
+        (target / "sites-enabled" / path).write_text(site)
+    return StockFreeRadius(directory / "raddb", render).start()

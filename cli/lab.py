@@ -94,16 +94,21 @@ class FreeRadius:
         self.process: subprocess.Popen | None = None
         self.output: list[str] = []
 
-    def start(self) -> "FreeRadius":
+    def command(self) -> tuple[list[str], dict[str, str] | None]:
+        """The command line and environment (None: ours) that run this FreeRADIUS."""
         argv = [CAPCTL, "--db", self.db_url, "radius", "run", "--auth-port", str(self.auth_port),
                 "--acct-port", str(self.acct_port), "--mode", self.mode, "--dir", str(self.directory),
                 "--journal-dir", str(self.journal_dir), "--node", self.node, "--secret", SECRET.decode()]
         for key, value in self.settings.items():
             argv += ["--set", f"{key}={value}"]
+        return argv, None
+
+    def start(self) -> "FreeRadius":
+        argv, environment = self.command()
         self.output = []
         # A session of its own: a Ctrl-C at the terminal reaches only us, and we stop it in order.
         self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        start_new_session=True)
+                                        env=environment, start_new_session=True)
         ready = threading.Event()
 
         def read(stream, lines):
