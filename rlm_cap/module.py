@@ -19,6 +19,7 @@ refreshes: no query under the lock.
 
 from __future__ import annotations
 
+import gc
 import socket
 import sys
 import threading
@@ -31,7 +32,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from . import journal, ledger, store
 from .packets import IgnoredPacket, MalformedPacket, parse_accounting
-from .policy import reduce_rate
+from .policy import CAPPED, reduce_rate
 
 OK, NOOP, UPDATED, REJECT = "ok", "noop", "updated", "reject"
 NOT_DURABLE = "not-durable"  # no answer: the NAS must retransmit
@@ -41,6 +42,8 @@ ERROR, WARNING, INFO = "error", "warning", "info"
 
 
 _IDLE, _RETRY = object(), object()  # outcomes of one applier step besides a new position
+SWITCH_INTERVAL = 0.0002  # seconds: see _share_the_interpreter
+GC_THRESHOLDS = (50_000, 20, 100)
 
 
 def _pairs(text: str) -> dict[str, str]:
@@ -110,6 +113,20 @@ class Config:
         return cls(**typed)
 
 
+def _share_the_interpreter() -> None:
+    """Keep a NAS's request from waiting long behind the applier thread (journal mode).
+
+    Both run in FreeRADIUS's one Python interpreter. By default a busy thread
+    keeps the GIL for 5 ms, and a full collection of the applier's garbage
+    stops every thread: a request waited tens of milliseconds (bench/,
+    BENCHMARKS.md). Shorter GIL slices and rarer collections of the objects
+    that live as long as the module (frozen once started) keep it short.
+    """
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    gc.set_threshold(*GC_THRESHOLDS)
+    gc.freeze()
+
+
 def _transient(error: Exception) -> bool:
     """A database that is down, restarting or unreachable: retry later."""
     return isinstance(error, (OperationalError, InterfaceError)) or (
@@ -140,10 +157,7 @@ class Module:
         self.engine = store.make_engine(self.config.db_url)
         safe_url = self.engine.url.render_as_string(hide_password=True)
         if self.config.mode == "journal":
-            # The applier thread shares the GIL with the accounting calls; by
-            # default it keeps the GIL for 5 ms while a NAS's request waits.
-            # 1 ms measured ~20 % more requests per second under load.
-            sys.setswitchinterval(0.001)
+            _share_the_interpreter()
             self._open_journal()
             self._spawn(self._apply_loop, "rlm_cap-applier")
         self._spawn(self._refresh_loop, "rlm_cap-state")
@@ -380,19 +394,26 @@ class Module:
         keep = self.config.keep_unknown
 
         def work(conn, records, end):
-            ledger.apply_records(conn, [record for _, record in records], keep, self.cache)
+            applied = ledger.apply_records(conn, [record for _, record in records], keep, self.cache)
             store.set_journal_position(conn, self.config.node, path, end, datetime.now(timezone.utc))
+            return applied
 
         try:
-            store.run_in_transaction(self.engine, lambda conn: work(conn, batch.records, batch.end),
-                                     before_retry=self.cache.clear)
+            applied = store.run_in_transaction(self.engine, lambda conn: work(conn, batch.records, batch.end),
+                                               before_retry=self.cache.clear)
         except Exception as error:  # noqa: BLE001 - sorted below: outage, or one bad record
             if self._failed(error):
                 return False
             return self._apply_one_by_one(batch, work, error)
         self._database_up()
-        self._refresh_after_batch()
+        if self.config.total_limit_reply or self._state_changed(batch, applied):
+            self._refresh_after_batch()
         return True
+
+    def _state_changed(self, batch: journal.Batch, applied: list[ledger.Applied]) -> bool:
+        """Whether a service of the batch was capped or restored: authorize must know at once."""
+        return any(result.state is not None and (result.state == CAPPED) != (record.username in self.capped)
+                   for (_, record), result in zip(batch.records, applied))
 
     def _apply_one_by_one(self, batch: journal.Batch, work, error: Exception) -> bool:
         """A record the ledger cannot apply must not block the journal: find it, log it, skip it."""
