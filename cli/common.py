@@ -8,13 +8,15 @@ from datetime import datetime, timezone
 from decimal import Decimal
 
 import click
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError, ProgrammingError
 
 from rlm_cap import config, store
 from rlm_cap.ledger import Refused
 from rlm_cap.periods import parse_time_frame
 from rlm_cap.policy import parse_rate
-from rlm_cap.units import parse_money, parse_size
+from rlm_cap.units import format_size, parse_money, parse_size
+
+MAX_SIZE = 10**18  # 1000 PB: far above any plan, far below what a BIGINT (and sums of a few) can hold
 
 
 def now() -> datetime:
@@ -39,8 +41,50 @@ class _Parsed(click.ParamType):
             self.fail(str(error), param, ctx)
 
 
-SIZE = _Parsed("size", parse_size)
-MONEY = _Parsed("amount", parse_money)
+def _size(text: str) -> int:
+    value = parse_size(text)
+    if value > MAX_SIZE:
+        raise ValueError(f"size {text!r} is too large (at most {format_size(MAX_SIZE)})")
+    return value
+
+
+SIZE = _Parsed("size", _size)
+
+MAX_MONEY = Decimal("999999999.99")  # the money columns hold 12 digits before the point: sums stay inside
+
+
+def _money(text: str) -> Decimal:
+    value = parse_money(text)
+    if abs(value) > MAX_MONEY:
+        raise ValueError(f"amount {text!r} is too large (at most {MAX_MONEY})")
+    return value
+
+
+MONEY = _Parsed("amount", _money)
+
+
+def utf8(value: str) -> bool:
+    """False for a text with lone surrogates (bytes that were not UTF-8 on the command line)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def text(max_length: int, empty: bool = False) -> click.ParamType:
+    """A text stored as given, refused when it does not fit its column (or is blank)."""
+    def check(value: str) -> str:
+        if not empty and not value.strip():
+            raise ValueError("must not be empty")
+        if not utf8(value):
+            raise ValueError(f"not valid UTF-8: {value!r}")
+        if len(value) > max_length:
+            raise ValueError(f"must be at most {max_length} characters, not {len(value)}")
+        return value
+    return _Parsed("text", check)
+
+
 TIME_FRAME = _Parsed("time frame", parse_time_frame)
 
 
@@ -56,7 +100,18 @@ def engine(ctx: click.Context):
     """The engine for ``--db`` / RLM_CAP_DB_URL / config file / SQLite default."""
     obj = ctx.find_root().obj
     if obj.get("engine") is None:
-        obj["engine"] = store.make_engine(config.database_url(obj.get("db")))
+        url = config.database_url(obj.get("db"))
+        if url.partition("://")[2].partition("?")[0].count("@") > 1:
+            # Parsed anyway, the password's tail would become the host name, and error
+            # messages quote the host name.
+            raise click.ClickException("the database URL has more than one '@': write an '@' in the "
+                                       "user name or password as %40")
+        try:
+            obj["engine"] = store.make_engine(url)
+        except Exception as error:  # noqa: BLE001 - a malformed URL, an unknown driver: one line, no URL
+            # The URL is not repeated: it may hold the password.
+            raise click.ClickException(f"cannot use the database URL: {type(error).__name__}: "
+                                       f"{_reason(error)}") from None
     return obj["engine"]
 
 
@@ -74,11 +129,26 @@ def transact(work):
         raise click.ClickException(str(error)) from None
     except IntegrityError as error:
         raise click.ClickException(f"that already exists or is still in use ({_reason(error)})") from None
+    except DataError as error:
+        # Only the server's reason: the statement's parameters (a NAS secret, say) stay out.
+        raise click.ClickException(f"the database refused a value: {_reason(error)}") from None
+    except OverflowError:
+        raise click.ClickException("a number is too large for the database") from None
     except (OperationalError, ProgrammingError) as error:
         reason = _reason(error)
         if "no such table" in reason or "doesn't exist" in reason:
             raise click.ClickException("the database has no rlm_cap tables yet: run `capctl db init`") from None
-        raise click.ClickException(f"database error: {reason}") from None
+        raise click.ClickException(f"database error: {reason}{_hint(reason)}") from None
+    except DBAPIError as error:
+        raise click.ClickException(f"database error: {_reason(error)}") from None
+
+
+def _hint(reason: str) -> str:
+    if "readonly database" in reason:
+        return " (the database file or its directory is read-only: nothing was changed)"
+    if "disk is full" in reason or "No space left" in reason:
+        return " (the disk is full: nothing was changed)"
+    return ""
 
 
 def _reason(error) -> str:

@@ -7,7 +7,7 @@ import click
 from rlm_cap import ledger, store
 from rlm_cap.settings import LIMITATION_TYPES, parse_setting
 
-from .common import MONEY, actor, customer_row, echo_json, is_named, now, transact
+from .common import MONEY, actor, customer_row, echo_json, is_named, now, text, transact
 
 
 @click.group("customer")
@@ -24,10 +24,10 @@ def _customer_settings(conn, customer_id: int, options: dict) -> None:
 
 
 @customer.command("add")
-@click.argument("name")
-@click.option("--email")
-@click.option("--phone")
-@click.option("--partner", help="partner (reseller, branch); created if new")
+@click.argument("name", type=text(200))
+@click.option("--email", type=text(254, empty=True))
+@click.option("--phone", type=text(32, empty=True))
+@click.option("--partner", type=text(100), help="partner (reseller, branch); created if new")
 @click.option("--balance", type=MONEY, default="0", show_default=True, help="opening balance")
 @click.option("--auto-topup/--no-auto-topup", default=False, show_default=True,
               help="the customer's own auto top-up switch")
@@ -94,7 +94,7 @@ def balance() -> None:
 @balance.command("add")
 @click.argument("name")
 @click.argument("amount", type=MONEY)
-@click.option("--description", default="Payment", show_default=True)
+@click.option("--description", type=text(500), default="Payment", show_default=True)
 def balance_add(name: str, amount, description: str) -> None:
     """Record a payment.
 

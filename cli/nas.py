@@ -8,7 +8,7 @@ import click
 
 from rlm_cap import store
 
-from .common import echo_json, transact
+from .common import echo_json, text, transact
 
 
 @click.group("nas")
@@ -19,8 +19,8 @@ def nas() -> None:
 @nas.command("add")
 @click.argument("address")
 @click.option("--secret", required=True, help="the RADIUS shared secret (never printed)")
-@click.option("--name", "shortname", help="short name")
-@click.option("--type", "nas_type", default="mikrotik", show_default=True,
+@click.option("--name", "shortname", type=text(32), help="short name")
+@click.option("--type", "nas_type", type=text(30), default="mikrotik", show_default=True,
               help="decides the rate attribute of CoA (mikrotik: Mikrotik-Rate-Limit)")
 @click.option("--coa-port", type=click.IntRange(1, 65535), default=3799, show_default=True,
               help="RouterOS listens on 1700 by default (/radius incoming set accept=yes port=1700)")
@@ -35,6 +35,8 @@ def nas_add(address: str, secret: str, shortname: str | None, nas_type: str, coa
         raise click.ClickException(f"{address!r} is not an IP address (the NAS's NAS-IP-Address)") from None
     if not secret:
         raise click.ClickException("--secret must not be empty")
+    if len(secret) > 60:  # the nas table's column; the value itself is never printed
+        raise click.ClickException(f"--secret must be at most 60 characters, not {len(secret)}")
 
     def work(conn):
         if store.find_nas(conn, address) is not None:

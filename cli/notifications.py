@@ -7,7 +7,17 @@ import click
 from rlm_cap import store, templates
 from rlm_cap.policy import CHANNELS, NOTIFICATION_SOURCES, THRESHOLD_SOURCES
 
-from .common import echo_json, plan_row, transact
+from .common import echo_json, plan_row, text, transact
+
+
+def _sample() -> dict:
+    """Values like the ones a notification is rendered with, to try a template on."""
+    from enforcer.notify import notification_context
+
+    from .settings import _sample as sample_row
+    values = notification_context(sample_row(store.services), sample_row(store.customers), "plan", 1, 2)
+    values["size"] = "1 GB"
+    return values
 
 
 @click.group("notification")
@@ -22,7 +32,7 @@ def notification() -> None:
                    "topup_action / auto_topup_action: when a top-up is applied")
 @click.option("--threshold", type=click.IntRange(0, 100), default=0, help="percent used (threshold sources)")
 @click.option("--channel", type=click.Choice(CHANNELS), default="email", show_default=True)
-@click.option("--subject", default="", help="email subject (Jinja2)")
+@click.option("--subject", type=text(200, empty=True), default="", help="email subject (Jinja2)")
 @click.option("--body", help="message text (Jinja2: {{ customer.name }}, {{ service.description }}, ...)")
 @click.option("--body-file", type=click.File("r"), help="read the message text from a file")
 def notification_add(plan_name, source, threshold, channel, subject, body, body_file) -> None:
@@ -37,9 +47,15 @@ def notification_add(plan_name, source, threshold, channel, subject, body, body_
         raise click.ClickException("a notification needs --body TEXT or --body-file FILE")
     if source in THRESHOLD_SOURCES and not threshold:
         raise click.ClickException(f"source {source} needs --threshold PERCENT (1-100)")
-    for text in (subject, body):
+    if len(body.encode("utf-8", "surrogatepass")) > 65535:  # the column is a TEXT
+        raise click.ClickException("the body must be at most 65535 bytes")
+    sample = _sample()
+    for template in (subject, body):
         try:
-            templates.check(text)
+            templates.check(template)
+            # Tried on sample values: what the sandbox refuses (__class__, _private, ...) is refused now,
+            # not found by the enforcer at the first send.
+            templates.check(template, **sample)
         except ValueError as error:
             raise click.ClickException(str(error)) from None
 

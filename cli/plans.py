@@ -5,11 +5,11 @@ from __future__ import annotations
 import click
 
 from rlm_cap import store
-from rlm_cap.policy import ACTIONS, DIRECTIONS
+from rlm_cap.policy import ACTIONS, DIRECTIONS, parse_rate
 from rlm_cap.settings import parse_setting
 from rlm_cap.units import format_size
 
-from .common import MONEY, RATE, SIZE, TIME_FRAME, echo_json, is_named, need, plan_row, transact
+from .common import MONEY, RATE, SIZE, TIME_FRAME, echo_json, is_named, need, plan_row, text, transact
 
 
 def plan_options(editing: bool):
@@ -77,6 +77,11 @@ def _plan_values(conn, plan: dict | None, options: dict) -> dict:
                      f"top-up plan {options['auto_topup_plan']!r} in plan {plan['name']!r}",
                      f"see: capctl topup-plan list {plan['name']!r}")
         values["auto_topup_plan_id"] = topup.id
+    if options.get("overuse_price_per_gb") is not None and options["overuse_price_per_gb"] < 0:
+        raise click.ClickException("--overuse-price must not be negative")
+    if options.get("fixed_rate") and 0 in parse_rate(options["fixed_rate"]):
+        raise click.ClickException(f"--fixed-rate {options['fixed_rate']!r}: a rate of 0 means no limit to "
+                                   "RouterOS; give a rate above zero (or --action block)")
     merged = {**(plan or {}), **values}
     if merged.get("action") == "fixed" and not merged.get("fixed_rate"):
         raise click.ClickException("action fixed needs --fixed-rate (e.g. --fixed-rate 1M/1M)")
@@ -103,7 +108,7 @@ def plan() -> None:
 
 
 @plan.command("add")
-@click.argument("name")
+@click.argument("name", type=text(100))
 @plan_options(editing=False)
 def plan_add(name: str, **options) -> None:
     """Add a plan.
@@ -122,7 +127,7 @@ def plan_add(name: str, **options) -> None:
 
 @plan.command("edit")
 @click.argument("name")
-@click.option("--name", "new_name", help="rename the plan")
+@click.option("--name", "new_name", type=text(100), help="rename the plan")
 @plan_options(editing=True)
 def plan_edit(name: str, new_name: str | None, **options) -> None:
     """Change a plan; options not given stay as they are.
@@ -244,11 +249,11 @@ def topup_plan() -> None:
 
 @topup_plan.command("add")
 @click.argument("plan_name", metavar="PLAN")
-@click.argument("name")
+@click.argument("name", type=text(100))
 @click.option("--size", type=SIZE, required=True, help="data, e.g. 5GB")
 @click.option("--price", type=MONEY, required=True, help="price, e.g. 10")
 @click.option("--valid-months", type=click.IntRange(1, 120), help="months it stays valid (default: no expiry)")
-@click.option("--category", default="Top-up", show_default=True, help="transaction category")
+@click.option("--category", type=text(64), default="Top-up", show_default=True, help="transaction category")
 @click.option("--add-to-invoice", is_flag=True, help="bill on the next invoice instead of a transaction")
 def topup_plan_add(plan_name: str, name: str, size: int, price, valid_months, category, add_to_invoice) -> None:
     """Add a top-up plan to a plan.

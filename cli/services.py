@@ -7,7 +7,7 @@ import click
 from rlm_cap import ledger, store
 from rlm_cap.policy import OK, UNLIMITED
 
-from .common import actor, customer_row, echo_json, is_named, now, plan_row, service_row, transact
+from .common import actor, customer_row, echo_json, is_named, now, plan_row, service_row, text, transact, utf8
 
 
 @click.group("service")
@@ -19,7 +19,8 @@ def service() -> None:
 @click.argument("username")
 @click.option("--customer", "customer_name", required=True, help="customer name or id")
 @click.option("--plan", "plan_name", required=True, help="plan name or id")
-@click.option("--description", default="", help="shown in top-up descriptions, e.g. 'Home internet'")
+@click.option("--description", type=text(200, empty=True), default="",
+              help="shown in top-up descriptions, e.g. 'Home internet'")
 def service_add(username: str, customer_name: str, plan_name: str, description: str) -> None:
     """Add a service; USERNAME is the RADIUS User-Name the NAS sends.
 
@@ -27,6 +28,8 @@ def service_add(username: str, customer_name: str, plan_name: str, description: 
     """
     if not username or len(username) > 253:
         raise click.ClickException("USERNAME must be 1-253 characters (the RADIUS User-Name)")
+    if not utf8(username):
+        raise click.ClickException(f"USERNAME is not valid UTF-8: {username!r}")
 
     def work(conn):
         if is_named(store.find_service(conn, username), username, "username"):

@@ -105,6 +105,12 @@ def _check_description(name: str, value: str) -> None:
         raise click.ClickException(f"{name}: {error}") from None
 
 
+# Numbers the engine must be able to use: a rollover of 10**20 months would make every
+# accounting record that opens a period fail (no date is that far away).
+_BOUNDS = {"rollover_months": (1, 120), "max_topups_per_month": (0, 1000)}
+_MAX_VALUE = 1000  # the settings table's column
+
+
 @settings.command("set")
 @click.argument("name")
 @click.argument("value")
@@ -119,9 +125,14 @@ def settings_set(name, value, partner, plan_name, customer_name, username) -> No
     """
     if value != "-":
         try:
-            parse_setting(name, value)
+            parsed = parse_setting(name, value)
         except ValueError as error:
             raise click.ClickException(str(error)) from None
+        if name in _BOUNDS and not _BOUNDS[name][0] <= parsed <= _BOUNDS[name][1]:
+            low, high = _BOUNDS[name]
+            raise click.ClickException(f"{name}: must be {low}-{high}, not {value!r}")
+        if len(value) > _MAX_VALUE:
+            raise click.ClickException(f"{name}: at most {_MAX_VALUE} characters, not {len(value)}")
         if name.endswith("_description"):
             _check_description(name, value)
     elif name not in DESCRIPTIONS:

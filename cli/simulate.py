@@ -16,9 +16,12 @@ INTERVALS = {"m": 60, "h": 3600, "d": 86400}
 
 def _interval(text: str) -> timedelta:
     unit = text[-1:].lower()
-    if unit not in INTERVALS or not text[:-1].isdigit() or int(text[:-1]) == 0:
-        raise click.BadParameter(f"{text!r}: write it like 30m, 1h or 1d", param_hint="--interval")
-    return timedelta(seconds=int(text[:-1]) * INTERVALS[unit])
+    number = text[:-1]
+    if unit not in INTERVALS or not (number.isascii() and number.isdigit()) or not number.strip("0"):
+        raise click.BadParameter(f"{text[:40]!r}: write it like 30m, 1h or 1d", param_hint="--interval")
+    if len(number.lstrip("0")) > 7 or int(number) * INTERVALS[unit] > 366 * 86400:
+        raise click.BadParameter(f"{text[:40]!r}: at most a year between steps", param_hint="--interval")
+    return timedelta(seconds=int(number) * INTERVALS[unit])
 
 
 @click.command("simulate")
@@ -51,6 +54,8 @@ def simulate(plan_name, uses, after_cap, scenario, start, interval, balance, aut
         except ValueError:
             raise click.BadParameter(f"{start!r} is not a time like 2026-11-03T10:00",
                                      param_hint="--start") from None
+        if not 1970 <= first.year <= 9000:  # the run goes on for months: keep it inside datetime's range
+            raise click.BadParameter(f"{start!r}: the year must be 1970-9000", param_hint="--start")
         if first.tzinfo is None:
             first = first.replace(tzinfo=tz)
         if scenario is not None:

@@ -31,29 +31,57 @@ _module: Module | None = None
 
 
 def _log(level: str, message: str) -> None:
-    radiusd.radlog(_LEVELS[level], message)
+    radiusd.radlog(_LEVELS[level], _scrub(message))
+
+
+def _password() -> str | None:
+    try:
+        from sqlalchemy.engine import make_url
+        return make_url(dict(radiusd.config).get("db_url") or "").password
+    except Exception:  # noqa: BLE001 - a URL that does not parse has no password to find
+        return None
+
+
+def _scrub(text: str) -> str:
+    """``text`` without the database password, whatever an error message put into it.
+
+    The module never writes it; this guards against a driver or a bug that does.
+    """
+    password = _password()
+    return text.replace(password, "***") if password and len(password) >= 4 else text
 
 
 def instantiate(_):
     global _module
+    url = str(dict(radiusd.config).get("db_url") or "")
+    if url.partition("://")[2].partition("?")[0].count("@") > 1:
+        # Parsed anyway, the password's tail would become the host name, which error messages quote.
+        radiusd.radlog(radiusd.L_ERR, "rlm_cap: cannot start: db_url has more than one '@': "
+                                      "write an '@' in the user name or password as %40")
+        return -1
     try:
         _module = Module(Config.from_radiusd(dict(radiusd.config)), _log)
         _module.start()
     except Exception as error:  # noqa: BLE001 - only -1 stops FreeRADIUS; say why first
-        radiusd.radlog(radiusd.L_ERR, f"rlm_cap: cannot start: {error}")
+        radiusd.radlog(radiusd.L_ERR, _scrub(f"rlm_cap: cannot start: {error}"))
         return -1
     return 0
 
 
 def accounting(request):
-    return _CODES[_module.accounting(request, time.time())]
+    try:
+        return _CODES[_module.accounting(request, time.time())]
+    except Exception as error:  # noqa: BLE001 - a bug must not fail the packet on every retransmission
+        # 'fail': the site's guard keeps the packet in the quarantine file and answers the NAS.
+        radiusd.radlog(radiusd.L_ERR, _scrub(f"rlm_cap: accounting failed ({error!r}): answered and quarantined"))
+        return radiusd.RLM_MODULE_FAIL
 
 
 def authorize(request):
     try:
         result, reply = _module.authorize(request)
     except Exception as error:  # noqa: BLE001 - an exception here would reject the login
-        radiusd.radlog(radiusd.L_ERR, f"rlm_cap: authorize failed, login left alone: {error!r}")
+        radiusd.radlog(radiusd.L_ERR, _scrub(f"rlm_cap: authorize failed, login left alone: {error!r}"))
         return radiusd.RLM_MODULE_NOOP
     return (_CODES[result], reply, ())
 

@@ -9,6 +9,7 @@ the server's receive time minus Acct-Delay-Time.
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import datetime, timedelta, timezone
 
 from .counters import ACCOUNTING_OFF, ACCOUNTING_ON, INTERIM, START, STOP, AccountingRecord
@@ -37,7 +38,13 @@ class IgnoredPacket(Exception):
 
 def _first(attributes) -> dict[str, str]:
     values: dict[str, str] = {}
-    for pair in attributes or ():
+    if isinstance(attributes, (str, bytes, dict)):
+        attributes = ()  # not rlm_python3's tuple of pairs: nothing in it is an attribute
+    try:
+        pairs = iter(attributes or ())
+    except TypeError:  # an int, an object: no attributes at all
+        pairs = iter(())
+    for pair in pairs:
         if isinstance(pair, (tuple, list)) and len(pair) >= 2:
             name, value = pair[0], pair[-1]
             if isinstance(name, str) and isinstance(value, str) and name not in values:
@@ -66,6 +73,28 @@ def _string(values: dict[str, str], name: str) -> str | None:
         return None
     if len(value) > MAX_STRING:
         raise MalformedPacket(f"{name} is longer than {MAX_STRING} characters")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: neither the journal nor a database can store it
+            raise MalformedPacket(f"{name} is not valid Unicode: {value[:40]!r}") from None
+    return value
+
+
+def _address(values: dict[str, str], name: str) -> str | None:
+    """An IP address attribute kept for CoA, or None when it is absent or not an address.
+
+    FreeRADIUS hands ``ipaddr`` attributes over as dotted text; anything else
+    cannot identify a session for CoA and would not fit the database's column,
+    so it is dropped rather than losing the record's usage.
+    """
+    value = _string(values, name)
+    if not value:
+        return None
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return None
     return value
 
 
@@ -100,7 +129,7 @@ def parse_accounting(attributes, received_at: float, trust_event_timestamp: bool
     at = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=moment)
 
     if status in (ACCOUNTING_ON, ACCOUNTING_OFF):
-        return AccountingRecord(status, nas, "", "", at, nas_ip=values.get("NAS-IP-Address"))
+        return AccountingRecord(status, nas, "", "", at, nas_ip=_address(values, "NAS-IP-Address"))
     username = _string(values, "User-Name")
     if not username:
         raise MalformedPacket("no User-Name")
@@ -115,8 +144,8 @@ def parse_accounting(attributes, received_at: float, trust_event_timestamp: bool
         output_gigawords=_number(values, "Acct-Output-Gigawords"),
         # a RADIUS integer; beyond 32 bits the database column cannot hold it
         session_time=_number(values, "Acct-Session-Time", bits=32),
-        framed_ip=_string(values, "Framed-IP-Address"),
-        nas_ip=values.get("NAS-IP-Address"))
+        framed_ip=_address(values, "Framed-IP-Address"),
+        nas_ip=_address(values, "NAS-IP-Address"))
     # A total the database cannot store (SQLite's INTEGER is signed 64-bit) would fail every retry.
     for direction, total in (("Input", record.input_total), ("Output", record.output_total)):
         if total is not None and total > MAX_TOTAL:

@@ -10,6 +10,7 @@ foreground, multi-threaded (``-f``, never ``-X`` which is single-threaded).
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sysconfig
@@ -54,12 +55,24 @@ def set_option(text: str, key: str, value: str, quote: bool = True) -> str:
     return pattern.sub(lambda m: f"{m.group(1)}{key} = {rendered}", text, count=1)
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write a file that holds a secret: created 0600, never readable by others, not even for a moment."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(path, 0o600)  # in case the umask took more away than asked
+
+
 def render(options: Options) -> Path:
     """Write the configuration into ``options.directory`` (replaced if present)."""
     target = Path(options.directory)
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(SYSTEM_RADDB, target, symlinks=True)
+    # The copy takes the system's modes (0755 on Debian); it is going to hold the database
+    # password, the NAS secret, the journal and the quarantine file: this user only.
+    os.chmod(target, 0o700)
     for sub in ("log", "radacct", "run"):
         (target / sub).mkdir(mode=0o700)
 
@@ -73,8 +86,8 @@ def render(options: Options) -> Path:
     (target / "mods-enabled" / "eap").unlink(missing_ok=True)
     for site in (target / "sites-enabled").iterdir():
         site.unlink()
-    (target / "clients.conf").write_text(
-        f"client rlm_cap_nas {{\n\tipaddr = {options.address}\n\tsecret = {_quote(options.secret)}\n}}\n")
+    _write_private(target / "clients.conf",  # the NAS's shared secret
+                   f"client rlm_cap_nas {{\n\tipaddr = {options.address}\n\tsecret = {_quote(options.secret)}\n}}\n")
 
     module = (CONF / "mods-available" / "rlm_cap").read_text()
     module = set_option(module, "python_path", python_path())
@@ -82,8 +95,7 @@ def render(options: Options) -> Path:
     for key, value in (("db_url", options.db_url), ("mode", options.mode), ("journal_dir", str(journal_dir)),
                        ("node", options.node), *options.extra_config):
         module = set_option(module, key, value)
-    (target / "mods-enabled" / "rlm_cap").write_text(module)
-    (target / "mods-enabled" / "rlm_cap").chmod(0o600)  # it holds the database password
+    _write_private(target / "mods-enabled" / "rlm_cap", module)  # it holds the database password
 
     site = (CONF / "sites-available" / "rlm_cap").read_text()
     ports = iter([options.auth_port, options.acct_port])

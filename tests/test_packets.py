@@ -402,3 +402,47 @@ def test_cisco_wlc_and_motorola_starts():
     assert (moto.status, moto.nas, moto.username, moto.session_id) == (
         counters.START, "10.2.0.3", "00-1F-3B-8C-3A-15", "1970D5A4-001F3B8C3A15-0000000001")
     assert moto.framed_ip is None
+
+
+# --------------------------------------------------------------------------- hostile values (issue #6)
+
+@pytest.mark.parametrize("attrs, message", [
+    (request(user="al\udc80ice"), "User-Name is not valid Unicode: 'al\\udc80ice'"),
+    (request(session="\ud800"), "Acct-Session-Id is not valid Unicode"),
+    (request(nas_ip="\udfff"), "NAS-IP-Address is not valid Unicode"),
+    (request(nas_ip=None) + (("NAS-Identifier", "bras\udc00"),), "NAS-Identifier is not valid Unicode"),
+    (request(framed_ip="10.0.0.1\udc80"), "Framed-IP-Address is not valid Unicode"),
+])
+def test_lone_surrogates_are_malformed(attrs, message):
+    """Neither the journal (UTF-8) nor a database driver can store them: refused here, not there."""
+    with pytest.raises(MalformedPacket, match="not valid Unicode") as caught:
+        parse(attrs)
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("attributes", [5, 3.5, object(), "Acct-Status-Type", b"Acct-Status-Type",
+                                        {"Acct-Status-Type": "Start"}, iter(())])
+def test_something_that_is_no_tuple_of_pairs_is_malformed(attributes):
+    with pytest.raises(MalformedPacket, match="no Acct-Status-Type"):
+        parse_accounting(attributes, T)
+
+
+def test_a_generator_of_pairs_is_read_like_a_tuple():
+    assert parse(iter(request("Start"))).username == "alice@isp"
+
+
+@pytest.mark.parametrize("value, kept", [
+    ("100.64.0.9", "100.64.0.9"), ("2001:db8::7", "2001:db8::7"), ("f" * 200, None), ("10.0.0.300", None),
+    ("", None), (" 10.0.0.1", None), ("010.0.0.1", None),
+])
+def test_address_attributes_that_are_no_address_are_dropped_not_the_record(value, kept):
+    """They could not identify a session for CoA, and would not fit the 45-character columns."""
+    record = parse(request(framed_ip=value, nas_ip=value or None, out_octets=7) + (("NAS-Identifier", "bras-1"),))
+    assert record.framed_ip == kept and record.nas_ip == kept
+    assert record.output_octets == 7
+    assert record.nas == (value or "bras-1")  # the session's key is the text as sent
+
+
+def test_nul_and_control_characters_are_kept_as_sent():
+    record = parse(request(user="a\x00b\x01\x7f\n", session="s\x00"))
+    assert (record.username, record.session_id) == ("a\x00b\x01\x7f\n", "s\x00")
