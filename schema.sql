@@ -4,7 +4,7 @@
 -- metadata; tests/test_schema.py loads this file into MariaDB, reflects it and
 -- compares, so the two cannot drift. Sizes are BIGINT UNSIGNED bytes, money is
 -- DECIMAL, times are DATETIME(6) in UTC. RADIUS strings (User-Name,
--- Acct-Session-Id, NAS) use utf8mb4_bin: compared and stored exactly.
+-- Acct-Session-Id, NAS) use utf8mb4_nopad_bin: compared and stored exactly (trailing spaces too).
 --
 --   mariadb rlm_cap < schema.sql      (or: capctl --db mysql+pymysql://... db init)
 
@@ -112,7 +112,7 @@ CREATE TABLE services (
   id INT UNSIGNED NOT NULL AUTO_INCREMENT,
   customer_id INT UNSIGNED NOT NULL,
   plan_id INT UNSIGNED NOT NULL,
-  username VARCHAR(253) COLLATE utf8mb4_bin NOT NULL,
+  username VARCHAR(253) COLLATE utf8mb4_nopad_bin NOT NULL,
   description VARCHAR(200) NOT NULL DEFAULT '',
   status VARCHAR(16) NOT NULL DEFAULT 'active',   -- active | replaced
   cap_state VARCHAR(16) NOT NULL DEFAULT 'ok',    -- ok | capped | unlimited
@@ -129,9 +129,9 @@ CREATE TABLE services (
 -- Per NAS session: the last totals the NAS reported (SPEC "Accounting semantics").
 CREATE TABLE sessions (
   id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
-  nas VARCHAR(253) COLLATE utf8mb4_bin NOT NULL,             -- NAS-IP-Address or NAS-Identifier
-  acct_session_id VARCHAR(253) COLLATE utf8mb4_bin NOT NULL,
-  username VARCHAR(253) COLLATE utf8mb4_bin NOT NULL,
+  nas VARCHAR(253) COLLATE utf8mb4_nopad_bin NOT NULL,             -- NAS-IP-Address or NAS-Identifier
+  acct_session_id VARCHAR(253) COLLATE utf8mb4_nopad_bin NOT NULL,
+  username VARCHAR(253) COLLATE utf8mb4_nopad_bin NOT NULL,
   service_id INT UNSIGNED NULL,
   input_total BIGINT UNSIGNED NOT NULL DEFAULT 0,            -- upload, Gigawords included
   output_total BIGINT UNSIGNED NOT NULL DEFAULT 0,           -- download

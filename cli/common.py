@@ -100,14 +100,10 @@ def engine(ctx: click.Context):
     """The engine for ``--db`` / RLM_CAP_DB_URL / config file / SQLite default."""
     obj = ctx.find_root().obj
     if obj.get("engine") is None:
-        url = config.database_url(obj.get("db"))
-        if url.partition("://")[2].partition("?")[0].count("@") > 1:
-            # Parsed anyway, the password's tail would become the host name, and error
-            # messages quote the host name.
-            raise click.ClickException("the database URL has more than one '@': write an '@' in the "
-                                       "user name or password as %40")
         try:
-            obj["engine"] = store.make_engine(url)
+            obj["engine"] = store.make_engine(config.check_url(config.database_url(obj.get("db"))))
+        except ValueError as error:
+            raise click.ClickException(str(error)) from None
         except Exception as error:  # noqa: BLE001 - a malformed URL, an unknown driver: one line, no URL
             # The URL is not repeated: it may hold the password.
             raise click.ClickException(f"cannot use the database URL: {type(error).__name__}: "

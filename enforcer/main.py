@@ -12,6 +12,7 @@ import sys
 
 import click
 from apscheduler.schedulers.blocking import BlockingScheduler
+from sqlalchemy.exc import DBAPIError
 
 from rlm_cap import config as rlm_config
 from rlm_cap import store
@@ -29,9 +30,13 @@ def _logging(verbose: bool) -> None:
 def _enforcer(db: str | None) -> Enforcer:
     try:
         settings = enforcer_config.load()
+        url = rlm_config.check_url(rlm_config.database_url(db))
     except ValueError as error:
         raise click.ClickException(f"configuration: {error}") from None
-    return Enforcer(store.make_engine(rlm_config.database_url(db)), settings)
+    try:
+        return Enforcer(store.make_engine(url), settings)
+    except Exception as error:  # noqa: BLE001 - an unknown driver, a bad port: one line, never the URL
+        raise click.ClickException(f"cannot use the database URL: {type(error).__name__}") from None
 
 
 @click.group()
@@ -52,7 +57,12 @@ def once(ctx: click.Context) -> None:
 
     Example: cap-enforcer --db mysql+pymysql://rlm_cap:SECRET@localhost/rlm_cap once
     """
-    for job, count in _enforcer(ctx.obj["db"]).run_once().items():
+    try:
+        done = _enforcer(ctx.obj["db"]).run_once()
+    except DBAPIError as error:
+        reason = str(getattr(error.orig, "args", [error.orig])[-1]).splitlines()[0]
+        raise click.ClickException(f"database error: {reason}") from None
+    for job, count in done.items():
         click.echo(f"{job}: {count}")
 
 

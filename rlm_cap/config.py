@@ -44,3 +44,15 @@ def database_url(explicit: str | None = None) -> str:
     path = default_sqlite_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
+
+
+def check_url(url: str) -> str:
+    """``url``, or ValueError for a URL whose parse would show part of the password.
+
+    An unescaped '@' in the password makes the password's tail the host name,
+    which drivers quote in their error messages.
+    """
+    if url.partition("://")[2].partition("?")[0].count("@") > 1:
+        raise ValueError("the database URL has more than one '@': write an '@' in the user name or "
+                         "password as %40")
+    return url

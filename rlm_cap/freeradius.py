@@ -11,6 +11,7 @@ import time
 
 import radiusd  # provided by rlm_python3
 
+from .config import check_url
 from .module import ERROR, INFO, MALFORMED, NOOP, NOT_DURABLE, OK, REJECT, UPDATED, WARNING, Config, Module
 
 _LEVELS = {ERROR: radiusd.L_ERR, WARNING: radiusd.L_WARN, INFO: radiusd.L_INFO}
@@ -53,13 +54,8 @@ def _scrub(text: str) -> str:
 
 def instantiate(_):
     global _module
-    url = str(dict(radiusd.config).get("db_url") or "")
-    if url.partition("://")[2].partition("?")[0].count("@") > 1:
-        # Parsed anyway, the password's tail would become the host name, which error messages quote.
-        radiusd.radlog(radiusd.L_ERR, "rlm_cap: cannot start: db_url has more than one '@': "
-                                      "write an '@' in the user name or password as %40")
-        return -1
     try:
+        check_url(str(dict(radiusd.config).get("db_url") or ""))
         _module = Module(Config.from_radiusd(dict(radiusd.config)), _log)
         _module.start()
     except Exception as error:  # noqa: BLE001 - only -1 stops FreeRADIUS; say why first

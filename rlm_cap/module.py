@@ -31,7 +31,7 @@ from pathlib import Path
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from . import journal, ledger, store
-from .packets import IgnoredPacket, MalformedPacket, parse_accounting
+from .packets import IgnoredPacket, MalformedPacket, first_values, parse_accounting
 from .policy import CAPPED, reduce_rate
 
 OK, NOOP, UPDATED, REJECT = "ok", "noop", "updated", "reject"
@@ -212,7 +212,7 @@ class Module:
         return OK
 
     def authorize(self, attributes) -> tuple[str, tuple]:
-        values = {n: v for n, v in reversed(attributes or ()) if isinstance(n, str)}  # first wins
+        values = first_values(attributes)
         username = values.get("User-Name")
         entry = self.capped.get(username) if username is not None else None
         if entry is not None:

@@ -36,7 +36,21 @@ class IgnoredPacket(Exception):
     """A well-formed packet that carries no usage (e.g. an unknown Acct-Status-Type)."""
 
 
-def _first(attributes) -> dict[str, str]:
+def first_values(attributes) -> dict[str, str]:
+    """Each attribute's first value, from whatever rlm_python3 (or a bug) hands over."""
+    values: dict[str, str] = {}
+    if type(attributes) is tuple:  # rlm_python3's (name, value) pairs: the hot path, kept lean
+        for pair in attributes:
+            if type(pair) is not tuple or len(pair) != 2:
+                return _values_of_anything(attributes)
+            name, value = pair
+            if type(name) is str and type(value) is str and name not in values:
+                values[name] = value
+        return values
+    return _values_of_anything(attributes)
+
+
+def _values_of_anything(attributes) -> dict[str, str]:
     values: dict[str, str] = {}
     if isinstance(attributes, (str, bytes, dict)):
         attributes = ()  # not rlm_python3's tuple of pairs: nothing in it is an attribute
@@ -91,11 +105,20 @@ def _address(values: dict[str, str], name: str) -> str | None:
     value = _string(values, name)
     if not value:
         return None
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return None
-    return value
+    valid = _addresses.get(value)
+    if valid is None:  # a NAS's and a session's address come back with every interim: parse each once
+        try:
+            ipaddress.ip_address(value)
+            valid = True
+        except ValueError:
+            valid = False
+        if len(_addresses) >= 200_000:
+            _addresses.clear()
+        _addresses[value] = valid
+    return value if valid else None
+
+
+_addresses: dict[str, bool] = {}
 
 
 def nas_key(values: dict[str, str]) -> str | None:
@@ -109,7 +132,7 @@ def nas_key(values: dict[str, str]) -> str | None:
 
 def parse_accounting(attributes, received_at: float, trust_event_timestamp: bool = False) -> AccountingRecord:
     """Turn one Accounting-Request into a record; ``received_at`` is epoch seconds."""
-    values = _first(attributes)
+    values = first_values(attributes)
     status_text = values.get("Acct-Status-Type")
     if status_text is None:
         raise MalformedPacket("no Acct-Status-Type")

@@ -47,7 +47,8 @@ SMALLINT = _unsigned(SmallInteger(), mysql.SMALLINT(unsigned=True))
 
 def BINARY_STRING(length: int):
     """RADIUS strings: compared and stored byte-exact (case and accents matter)."""
-    return String(length).with_variant(mysql.VARCHAR(length, collation="utf8mb4_bin"), *MYSQL)
+    # NOPAD: MariaDB's utf8mb4_bin ignores trailing spaces, so 'alice' = 'alice ' there.
+    return String(length).with_variant(mysql.VARCHAR(length, collation="utf8mb4_nopad_bin"), *MYSQL)
 
 
 class UTCDateTime(TypeDecorator):
@@ -380,6 +381,13 @@ def make_engine(url: str, **kwargs) -> Engine:
         @event.listens_for(engine, "begin")
         def _sqlite_begin(connection):
             connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        @event.listens_for(engine, "handle_error")
+        def _sqlite_readonly(context):
+            # SQLite opens a file it may not write read-only and keeps it so: drop
+            # that connection, or writes fail after the file is writable again.
+            if "readonly database" in str(context.original_exception):
+                context.is_disconnect = True
 
         return engine
     connect_args = {"charset": "utf8mb4", "connect_timeout": 5, "read_timeout": 30, "write_timeout": 30}

@@ -146,10 +146,6 @@ def test_sync_module_on_a_read_only_database_file_does_not_answer(tmp_path, modu
         engine.dispose()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "store.py/module.py: SQLite falls back to opening a file it may not write read-only; that pooled "
-    "connection stays read-only after the file is made writable again, so sync mode answers NOT_DURABLE "
-    "until FreeRADIUS restarts (SQLITE_READONLY is not treated as a disconnect)"))
 def test_sync_module_recovers_once_the_file_is_writable_again(tmp_path, modules):
     url = sqlite_url(tmp_path / "db.sqlite3")
     engine = store.make_engine(url)

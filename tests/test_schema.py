@@ -81,7 +81,7 @@ def test_schema_sql_equals_metadata_on_mariadb(two_databases):
 
 
 def test_radius_strings_are_stored_exactly(two_databases):
-    """User-Name, Acct-Session-Id and NAS compare byte-exact: 'Bob' and 'bob' are two users."""
+    """User-Name, Acct-Session-Id and NAS compare byte-exact: 'Bob', 'bob' and 'bob ' are three users."""
     url = two_databases[1]
     engine = store.make_engine(url)
     store.create_schema(engine)
@@ -90,7 +90,7 @@ def test_radius_strings_are_stored_exactly(two_databases):
     engine.dispose()
     for key in [("services", "username"), ("sessions", "username"), ("sessions", "acct_session_id"),
                 ("sessions", "nas")]:
-        assert columns[key]["type"].collation == "utf8mb4_bin", key
+        assert columns[key]["type"].collation == "utf8mb4_nopad_bin", key
 
 
 def test_sqlite_database_uses_wal_and_foreign_keys(tmp_path):

@@ -165,9 +165,7 @@ def test_capctl_process_prints_one_line_and_no_password(name, tmp_path):
 
 @pytest.mark.parametrize("name", [
     "unreachable", "bad port",
-    pytest.param("@ not escaped", marks=pytest.mark.xfail(strict=True, reason=(
-        "enforcer/main.py: a database error ends cap-enforcer with a traceback; with an unescaped '@' "
-        "in the password the driver's message quotes the password's tail as the host name"))),
+    "@ not escaped",
 ])
 def test_cap_enforcer_process_prints_no_password(name, tmp_path):
     enforcer = subprocess.run([str(BIN / "cap-enforcer"), "--db", URLS[name], "once"], capture_output=True,

@@ -79,13 +79,8 @@ def test_hostile_names_through_the_ledger_are_stored_and_found_exactly(engine, w
     assert counts["services"] == len(HOSTILE) + 1 and counts["sessions"] == len(HOSTILE)
 
 
-def test_trailing_blank_is_another_user_name(engine, world, db_url, request):
+def test_trailing_blank_is_another_user_name(engine, world, db_url):
     """'alice@isp ' is not alice@isp: its bytes must not count against her."""
-    if db_url.startswith("mysql"):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "store.py: utf8mb4_bin is a PAD SPACE collation on MariaDB: find_service('alice@isp ') returns "
-            "alice@isp (capctl usage/topup act on her) and uq_services_username refuses a service 'alice@isp '; "
-            "needs utf8mb4_nopad_bin")))
     assert fails(db_url, "usage", "alice@isp ").startswith("Error: no service 'alice@isp '")
     with engine.begin() as conn:
         applied = ledger.apply_record(conn, record("alice@isp ", "t1", 5000))
