@@ -127,10 +127,24 @@ def _share_the_interpreter() -> None:
     gc.freeze()
 
 
+# MariaDB/MySQL server errors that say the database cannot take the write now
+# (down, shutting down, refusing connections, out of disk, locked). PyMySQL also
+# raises errors about one statement as OperationalError, e.g. 1690 (a value out
+# of range): retrying those would stop the journal for good.
+_OUTAGE_CODES = {1021, 1040, 1042, 1043, 1045, 1053, 1114, 1129, 1130, 1152, 1153, 1154, 1155, 1156, 1157,
+                 1158, 1159, 1160, 1161, 1184, 1205, 1213, 1927, 4031}
+
+
 def _transient(error: Exception) -> bool:
-    """A database that is down, restarting or unreachable: retry later."""
-    return isinstance(error, (OperationalError, InterfaceError)) or (
-        isinstance(error, DBAPIError) and error.connection_invalidated)
+    """A database that is down, restarting, unreachable or full: retry later."""
+    if isinstance(error, InterfaceError) or (isinstance(error, DBAPIError) and error.connection_invalidated):
+        return True
+    if not isinstance(error, OperationalError):
+        return False
+    code = (getattr(error.orig, "args", None) or (None,))[0]
+    if not isinstance(code, int):
+        return True  # SQLite: locked, read-only, full, cannot open: the file's state, not the record's
+    return 2000 <= code < 3000 or code in _OUTAGE_CODES  # 2xxx: the client lost or never had a connection
 
 
 class Module:

@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from rlm_cap import ledger, store
-from rlm_cap.packets import parse_accounting
+from rlm_cap.packets import MAX_TOTAL, parse_accounting
 
 from . import conservation as c
 from .conftest import MARIADB_SERVER
@@ -152,16 +152,13 @@ def test_oracle_and_ledger_agree_on_seeded_faulty_streams(sqlite_engine, seed):
     c.assert_conserved(sqlite_engine, c.oracle(stream), users + ["nobody"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "defect: on SQLite a period's byte sums beyond 2^63 - 1 silently become REAL (floats): rlm_cap accepts "
-    "session totals up to 2^63 - 1 (packets.MAX_TOTAL) but nothing bounds their sum, and SQLite's "
-    "col = col + ? overflows into floating point instead of failing"))
-def test_period_sums_beyond_2_63_stay_exact_integers(sqlite_engine):
-    """Two sessions of one service, each reporting 2^62 + 1 bytes down (each accepted:
-    below packets.MAX_TOTAL). The period must hold 2^63 + 2 exactly, or the record
-    that cannot be held must be refused loudly; it must never be rounded."""
+@pytest.mark.parametrize("total", [2**62 + 1, MAX_TOTAL])
+def test_period_sums_beyond_2_63_stay_exact_integers(sqlite_engine, total):
+    """Two sessions of one service, each reporting ``total`` bytes down. Their sum
+    must be held exactly, or a record that cannot be held must be refused loudly
+    (2^62 + 1 is beyond packets.MAX_TOTAL); SQLite must never round it to a float."""
     c.add_services(sqlite_engine, ["x"])
-    stream = [P(c.INTERIM, N, "a", "x", 0, 2**62 + 1, 10), P(c.INTERIM, N, "b", "x", 0, 2**62 + 1, 10)]
+    stream = [P(c.INTERIM, N, "a", "x", 0, total, 10), P(c.INTERIM, N, "b", "x", 0, total, 10)]
     applied = []
     for p in stream:
         try:
@@ -347,17 +344,12 @@ def test_every_fault_at_once(servers, name):
 
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "defect: MariaDB refuses a period sum beyond BIGINT UNSIGNED with error 1690, which PyMySQL raises as "
-    "OperationalError; rlm_cap.module._transient() calls every OperationalError an outage, so the journal "
-    "applier retries that batch forever (every later record of the node stays unapplied) and sync mode "
-    "never answers the packet"))
 @pytest.mark.parametrize("mode", MODES)
 def test_totals_the_database_cannot_sum_do_not_stop_accounting(request, tmp_path, mode):
-    """Three sessions of one service report 2^63 - 1 bytes down (each accepted:
-    packets.MAX_TOTAL); the third makes the period's download pass 2^64 - 1.
-    That record may be refused (quarantined, or skipped with a log line), but the
-    NAS must be answered and everyone else's accounting must go on."""
+    """Three sessions of one service report 2^63 - 1 bytes down; together they pass
+    the period's 2^64 - 1. They may be refused (quarantined, or skipped with a log
+    line), but the NAS must be answered and everyone else's accounting must go on.
+    (A value MariaDB refuses is not an outage: tests/test_module.py.)"""
     url = request.getfixturevalue("mariadb_database")
     engine = store.make_engine(url)
     server = FreeRadius(url, tmp_path / "r", mode=mode, node=f"overflow-{mode}").start()

@@ -783,3 +783,32 @@ def test_a_failure_inside_one_by_one_never_replays_committed_records(db_url, eng
     with engine.begin() as conn:
         assert [(s["output_total"], s["closed"]) for s in store.session_rows(conn, "alice@isp")] == [
             (800, "stop"), (100, None)]
+
+
+def test_a_value_the_database_refuses_skips_one_record_not_the_journal(db_url, engine, world, modules, monkeypatch):
+    """PyMySQL raises some refusals of one statement as OperationalError (1690: a sum out of
+    range). Called an outage, the batch was retried forever and no later record was applied."""
+    from sqlalchemy.exc import OperationalError
+    real = ledger.apply_records
+
+    def refusing(conn, records, keep=False, cache=None):
+        if any(record.session_id == "poison" for record in records):
+            raise OperationalError("UPDATE periods ...", {}, Exception(1690, "BIGINT UNSIGNED value is out of range"))
+        return real(conn, records, keep, cache)
+    monkeypatch.setattr(ledger, "apply_records", refusing)
+    module = modules(db_url)
+    feed(module, [acct("Interim-Update", session="poison", down=10**15, up=0, session_time=1),
+                  acct("Interim-Update", down=700, up=0, session_time=60)])
+    assert wait_for(lambda: caught_up(module))
+    assert counted(engine, world["service_id"]) == 700
+    assert errors(module, "skipped, it cannot be applied")
+    assert not errors(module, "database unavailable")
+
+
+@pytest.mark.parametrize("code, outage", [(2013, True), (2003, True), (1213, True), (1021, True),
+                                          (1690, False), (1366, False)])
+def test_which_mariadb_errors_are_an_outage(code, outage):
+    from sqlalchemy.exc import OperationalError
+
+    from rlm_cap.module import _transient
+    assert _transient(OperationalError("UPDATE ...", {}, Exception(code, "message"))) is outage

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from rlm_cap import counters
-from rlm_cap.packets import MAX_DELAY, IgnoredPacket, MalformedPacket, parse_accounting
+from rlm_cap.packets import MAX_DELAY, MAX_TOTAL, IgnoredPacket, MalformedPacket, parse_accounting
 
 TRACES = Path("/work/shared/nas-traces")
 RECEIVED = datetime(2026, 11, 3, 10, 0, 0, 250000, tzinfo=timezone.utc)  # with microseconds
@@ -145,10 +145,10 @@ def test_empty_counter_is_absent_and_surrounding_blanks_are_accepted():
 
 
 def test_largest_values_are_accepted_and_leading_zeros_are_harmless():
-    record = parse(request("Interim-Update", in_octets=2**63 - 1, out_octets="0" * 30 + "7",
-                           out_giga=2**31 - 1, session_time=2**32 - 1, delay=2**64 - 1))
-    assert record.input_total == 2**63 - 1
-    assert record.output_total == (2**31 - 1) * 2**32 + 7
+    record = parse(request("Interim-Update", in_octets=MAX_TOTAL, out_octets="0" * 30 + "7",
+                           out_giga=2**21 - 1, session_time=2**32 - 1, delay=2**64 - 1))
+    assert record.input_total == MAX_TOTAL == 2**53
+    assert record.output_total == (2**21 - 1) * 2**32 + 7
     assert record.session_time == 2**32 - 1
     assert record.time == RECEIVED - timedelta(days=7)
 
@@ -224,6 +224,7 @@ LONG = "x" * 254
     (request(delay="0" * 5000 + "1" * 30), "Acct-Delay-Time is beyond 64 bits"),
     # totals the database cannot store would fail on every retry
     (request(in_octets=2**63), "Acct-Input-Gigawords * 2^32 + Acct-Input-Octets is beyond"),
+    (request(out_octets=1, out_giga=2**21), "Acct-Output-Gigawords * 2^32 + Acct-Output-Octets is beyond"),
     (request(out_octets=0, out_giga=2**31), "Acct-Output-Gigawords * 2^32 + Acct-Output-Octets is beyond"),
     (request(out_octets=2**64 - 1, out_giga=2**32 - 1), "Acct-Output-Gigawords * 2^32"),
     (request(session_time=2**32), "Acct-Session-Time is beyond 32 bits"),
