@@ -115,9 +115,12 @@ def run_once(path: str, db_url: str, count: int, users: int, window: int, time_l
                 measured["exact"] = stored == expected
                 if path == "rlm_cap-journal":
                     drain = time.monotonic() - load_ended
-                    measured["backlog_at_end_pct"] = round(100 * (1 - first / expected), 1) if expected else 0.0
+                    backlog = 1 - first / expected if expected else 0.0
+                    measured["backlog_at_end_pct"] = round(100 * backlog, 1)
                     measured["drain_s"] = round(drain, 2)
                     measured["applied_per_s"] = round(result.answered / (result.elapsed + drain))
+                    # The journal's backlog applied per second once the load stopped: the applier's pace.
+                    measured["drain_per_s"] = round(backlog * result.answered / drain) if drain > 0.05 else None
         finally:
             server.stop()
     return measured
@@ -128,7 +131,8 @@ def rounds(paths, rounds_: int, **kwargs) -> list[dict]:
     for r in range(rounds_):
         order = list(paths[r % len(paths):]) + list(paths[:r % len(paths)])
         for path in order:
-            count = kwargs["count"] if path != "rlm_cap-sync" else max(kwargs["count"] // 8, kwargs["users"] * 2)
+            # Sync mode answers a few hundred a second: fewer requests, the same sessions.
+            count = kwargs["count"] if path != "rlm_cap-sync" else max(kwargs["count"] // 30, kwargs["users"] * 2)
             run = run_once(path, **dict(kwargs, count=count))
             run["round"] = r + 1
             print(json.dumps(run), flush=True)
@@ -154,16 +158,22 @@ def summary(runs: list[dict]) -> dict[str, dict]:
             cpu_per_1k={k: round(statistics.median(run["cpu_per_1k"].get(k, 0) for run in own), 3)
                         for k in own[0]["cpu_per_1k"]},
             **{k: statistics.median(run[k] for run in own)
-               for k in ("applied_per_s", "backlog_at_end_pct", "drain_s") if k in own[0]})
+               for k in ("applied_per_s", "backlog_at_end_pct", "drain_s", "drain_per_s")
+               if k in own[0] and all(run[k] is not None for run in own)})
     return table
 
 
+PACED = (("rlm_cap-journal", 0.5), ("rlm_sql", 0.5), ("rlm_cap-journal", 0.25))
+
+
 def half_rate(table: dict[str, dict], **kwargs) -> list[dict]:
-    """rlm_cap-journal and rlm_sql paced at half their best rate: the latency under a steady load."""
+    """rlm_cap-journal and rlm_sql paced at half their best rate (and rlm_cap at a quarter):
+    the latency under a steady load."""
     runs = []
-    for path in [p for p in ("rlm_cap-journal", "rlm_sql") if p in table]:
-        run = run_once(path, **kwargs, rate=table[path]["rate"] / 2)
-        run["target_rate"] = round(table[path]["rate"] / 2)
+    for path, share in [(p, s) for p, s in PACED if p in table]:
+        run = run_once(path, **kwargs, rate=table[path]["rate"] * share)
+        run["target_rate"] = round(table[path]["rate"] * share)
+        run["share"] = share
         print(json.dumps(run), flush=True)
         runs.append(run)
     return runs
@@ -197,7 +207,7 @@ def main(argv=None) -> int:
         print(f"{path:16} {row['rate']:>7.0f} req/s  ratio {row['ratio']}  p50 {row['p50_ms']} ms  "
               f"p99 {row['p99_ms']} ms  lost {row['lost']}  exact {row['exact']}  cpu/1k {row['cpu_per_1k']}"
               + (f"  applied {row['applied_per_s']}/s, backlog at end {row['backlog_at_end_pct']} %, "
-                 f"drained in {row['drain_s']} s" if "applied_per_s" in row else ""))
+                 f"drained in {row['drain_s']} s ({row.get('drain_per_s')}/s)" if "applied_per_s" in row else ""))
     for run in half:
         print(f"{run['path']:16} at {run['target_rate']} req/s: p50 {run['p50_ms']} ms  p99 {run['p99_ms']} ms  "
               f"lost {run['lost']}")

@@ -31,7 +31,7 @@ from . import accounting, coa_latency, period_close
 DEFAULT_DB = "mysql+pymysql://rlm_cap_test:rlm_cap_test@127.0.0.1:3306/rlm_cap_test_bench"
 BEGIN, END = "<!-- results: written by `make bench` -->", "<!-- end of results -->"
 
-FULL = dict(rounds=3, count=30000, users=1000, window=32, crossings=200, services=100000)
+FULL = dict(rounds=3, count=100000, users=1000, window=32, crossings=200, services=100000)
 QUICK = dict(rounds=1, count=300, users=50, window=8, crossings=3, services=200)
 
 
@@ -78,15 +78,17 @@ def p1_table(summary: dict, half: list[dict]) -> list[str]:
                      f"{cpu.get('generator', 0) * 1000:.0f} |")
     journal = summary.get("rlm_cap-journal")
     if journal and "applied_per_s" in journal:
+        drained = (f" ({journal['drain_per_s']:,.0f} records/s)" if journal.get("drain_per_s") else "")
         lines += ["", f"Journal applier (rlm_cap-journal runs, medians): {journal['applied_per_s']:,.0f} records/s "
                       f"applied from the first request to the last record applied; "
                       f"{journal['backlog_at_end_pct']} % of the bytes still in the journal when the load ended, "
-                      f"applied {journal['drain_s']} s later."]
+                      f"applied {journal['drain_s']} s later{drained}."]
     if half:
-        lines += ["", "Latency at half the best rate (paced, open loop):", "",
-                  "| path | rate req/s | p50 ms | p99 ms | lost |", "|---|---|---|---|---|"]
-        lines += [f"| {run['path']} | {run['target_rate']:,} | {run['p50_ms']} | {run['p99_ms']} | {run['lost']} |"
-                  for run in half]
+        lines += ["", "Latency under a steady load: requests paced at a share of the path's best rate "
+                      "(open loop):", "",
+                  "| path | share of best | rate req/s | p50 ms | p99 ms | lost |", "|---|---|---|---|---|---|"]
+        lines += [f"| {run['path']} | {run['share']:.0%} | {run['target_rate']:,} | {run['p50_ms']} | "
+                  f"{run['p99_ms']} | {run['lost']} |" for run in half]
     return lines
 
 

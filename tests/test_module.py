@@ -812,3 +812,13 @@ def test_which_mariadb_errors_are_an_outage(code, outage):
 
     from rlm_cap.module import _transient
     assert _transient(OperationalError("UPDATE ...", {}, Exception(code, "message"))) is outage
+
+
+@pytest.mark.parametrize("records, pause", [(0, 0.0), (99, 0.0), (500, 0.1), (4000, 0.8), (9999, 1.0),
+                                            (10000, 0.0)])
+def test_after_a_large_batch_the_applier_lets_the_journal_fill(records, pause):
+    """Small batches: the applier keeps up, no pause. Large ones: a burst, so wait for the next
+    batch to hold several records per session (one database row). Full: a backlog, no pause."""
+    module = Module(Config(db_url="sqlite://", apply_interval=0.02, max_apply_interval=1.0, batch_size=10000),
+                    lambda level, message: None)
+    assert module._pause_after(records) == pytest.approx(pause)
