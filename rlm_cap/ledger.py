@@ -110,11 +110,11 @@ class ContextCache:
                 self._contexts[self._key(service)] = (now, ctx)
         return found
 
-    def known_period(self, ctx: Context, now: datetime) -> int | None:
-        return self._periods.get((ctx.service["id"], ctx.period(now).start))
+    def known_period(self, service_id: int, start: datetime) -> int | None:
+        return self._periods.get((service_id, start))
 
-    def remember_period(self, ctx: Context, now: datetime, period_id: int) -> None:
-        self._periods[(ctx.service["id"], ctx.period(now).start)] = period_id
+    def remember_period(self, service_id: int, start: datetime, period_id: int) -> None:
+        self._periods[(service_id, start)] = period_id
 
     def find_periods(self, conn: Connection, wanted) -> None:
         """Remember the ids of the existing periods among (context, moment) pairs, in one query."""
@@ -337,7 +337,8 @@ def _count_usage(conn: Connection, services: dict[str, dict],
         since = min(record.time for record, _ in items)
         for record, step in items:
             now = record.time
-            period_id, opened = _period(conn, ctx, now, cache, writes)
+            period = ctx.period(now)
+            period_id, opened = _period(conn, ctx, now, period, cache, writes)
             if opened:  # new monthly / bonus / rollover buckets; a capped service was restored
                 buckets = store.load_buckets(conn, sid, since, for_update=True)
                 ctx = replace(ctx, service=store.find_service(conn, sid))
@@ -349,7 +350,7 @@ def _count_usage(conn: Connection, services: dict[str, dict],
             capped = ctx.service["cap_state"] == policy.CAPPED
             # A late record of a period that a newer one has replaced counts there,
             # but today's CAP state belongs to the newest period: it decides nothing.
-            late = any(b.kind == MONTHLY and b.valid_from > ctx.period(now).start for b in buckets)
+            late = any(b.kind == MONTHLY and b.valid_from > period.start for b in buckets)
             writes.add(period_id, consumption, {b.id for b in buckets if b.kind == BONUS},
                        upload_bytes=step.input_delta, download_bytes=step.output_delta, counted_bytes=counted,
                        pending_overuse_bytes=0 if capped or late else consumption.overuse)
@@ -384,19 +385,19 @@ def _take_back_rollover(conn: Connection, ctx: Context, buckets, consumption: po
     return tuple(replace(b, size=b.size - cut) if b.id == rolled.id else b for b in buckets)
 
 
-def _period(conn: Connection, ctx: Context, now: datetime, cache: ContextCache | None,
+def _period(conn: Connection, ctx: Context, now: datetime, period: Period, cache: ContextCache,
             writes: _Writes) -> tuple[int, bool]:
-    """The id of the period containing ``now``, and whether this call opened it."""
-    known = cache.known_period(ctx, now) if cache is not None else None
+    """The id of ``period`` (the one containing ``now``), and whether this call opened it."""
+    sid = ctx.service["id"]
+    known = cache.known_period(sid, period.start)
     if known is not None:
         return known, False
-    row = store.find_period(conn, ctx.service["id"], ctx.period(now).start)
+    row = store.find_period(conn, sid, period.start)
     opened = row is None
     if opened:
         writes.flush(conn)  # the previous period's usage must be in before its rollover is computed
         row = open_period(conn, ctx, now)
-    if cache is not None:
-        cache.remember_period(ctx, now, row["id"])
+    cache.remember_period(sid, period.start, row["id"])
     return row["id"], opened
 
 

@@ -55,11 +55,12 @@ def period_at(moment: datetime, tz: ZoneInfo, billing_day: int | None = None) ->
     ``billing_day`` None or 1 = calendar month; 2-31 = the period starts on that
     day of each month (clamped to the month's last day).
     """
-    _require_aware(moment)
     day = billing_day or 1
     last = _last_period.get((tz, day))
-    if last is not None and last.start <= moment < last.end:
-        return last  # the accounting applier asks about the same month thousands of times a second
+    # The accounting applier asks about the same month thousands of times a second.
+    if last is not None and moment.tzinfo is not None and last.start <= moment < last.end:
+        return last
+    _require_aware(moment)
     if not 1 <= day <= 31:
         raise ValueError(f"billing day must be 1-31, not {billing_day}")
     local = moment.astimezone(tz).date()
