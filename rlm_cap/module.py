@@ -72,7 +72,7 @@ class Config:
     fsync: bool = False
     batch_size: int = 10000
     apply_interval: float = 0.02
-    max_apply_interval: float = 1.0
+    max_apply_interval: float = 2.0
     rotate_bytes: int = 64 * 2**20
     keep_unknown: bool = False
     trust_event_timestamp: bool = False
