@@ -82,7 +82,20 @@ def _end(process: subprocess.Popen | None, timeout: float) -> None:
 
 # --------------------------------------------------------------------------- FreeRADIUS and cap-enforcer
 
-class FreeRadius:
+class _Child:
+    """A process of ours, ended by its PID."""
+
+    process: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def stop(self, timeout: float = 30) -> None:
+        _end(self.process, timeout)
+
+
+class FreeRadius(_Child):
     """``capctl radius run`` in a subprocess; its output kept for assertions."""
 
     def __init__(self, db_url: str, directory: Path, mode: str = "journal", node: str = "test",
@@ -126,16 +139,12 @@ class FreeRadius:
         return self
 
     @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    @property
     def log(self) -> str:
         return "\n".join(self.output)
 
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM: rlm_cap's detach() drains the journal."""
-        _end(self.process, timeout)
+        super().stop(timeout)
 
     def kill(self) -> None:
         """SIGKILL, by PID: a crash."""
@@ -148,7 +157,7 @@ class FreeRadius:
         return "".join(f.read_text(errors="replace") for f in files)
 
 
-class CapEnforcer:
+class CapEnforcer(_Child):
     """``cap-enforcer run`` in a subprocess, configured by a file written for it.
 
     ``config`` is the INI text (enforcer/config.py documents every option); the
@@ -180,15 +189,8 @@ class CapEnforcer:
         return self
 
     @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    @property
     def log(self) -> str:
         return self.log_file.read_text() if self.log_file.exists() else ""
-
-    def stop(self, timeout: float = 30) -> None:
-        _end(self.process, timeout)
 
 
 # --------------------------------------------------------------------------- the NAS: accounting out, CoA in
