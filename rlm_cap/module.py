@@ -164,7 +164,6 @@ class Module:
         self.applied: tuple[int, int] | None = None  # (generation, position) committed
         # Used by one thread only: the applier (journal) or FreeRADIUS under its module lock (sync).
         self.cache = ledger.ContextCache(config.cache_ttl)
-        self._last_batch = 0  # records in the applier's last batch
         self._refresh_lock = threading.Lock()
         self._outage_lock = threading.Lock()
 
@@ -356,9 +355,10 @@ class Module:
                 resync = True
                 time.sleep(0.5) if deadline is not None else self._stop.wait(0.5)
             else:
-                generation, position = self.applied = step
+                generation, position, records = step
+                self.applied = generation, position
                 if deadline is None:
-                    self._stop.wait(self._pause_after(self._last_batch))
+                    self._stop.wait(self._pause_after(records))
 
     def _pause_after(self, records: int) -> float:
         """How long to let the journal fill after applying ``records``.
@@ -394,20 +394,19 @@ class Module:
     def _apply_step(self, directory: Path, generation: int, position: int):
         """Apply the next batch, or move on to the next journal file.
 
-        Returns the new (generation, position), ``_IDLE`` when caught up, or
-        ``_RETRY`` when the database is unreachable.
+        Returns the new (generation, position, records applied), ``_IDLE``
+        when caught up, or ``_RETRY`` when the database is unreachable.
         """
         batch = journal.read_batch(directory, generation, position, self.config.batch_size)
-        self._last_batch = len(batch.records)
         if batch.records or batch.damaged:
-            return (generation, batch.end) if self._apply(batch, position) else _RETRY
+            return (generation, batch.end, len(batch.records)) if self._apply(batch, position) else _RETRY
         if generation < self.writer.generation or (
                 journal.file_size(directory, generation) >= self.config.rotate_bytes
                 and self.writer.rotate(generation, position)):
             if not self._commit_position(generation + 1, 0):
                 return _RETRY
             journal.path_of(directory, generation).unlink(missing_ok=True)
-            return generation + 1, 0
+            return generation + 1, 0, 0
         return _IDLE
 
     def _commit_position(self, generation: int, position: int) -> bool:
