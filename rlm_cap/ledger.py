@@ -60,10 +60,6 @@ def _scopes_of(partner_id: int | None, plan_id: int, customer_id: int, service_i
             ("service", service_id)]
 
 
-def effective_settings(conn: Connection, service: dict, customer: dict) -> Settings:
-    return resolve(store.setting_layers(conn, _scopes(service, customer)))
-
-
 class ContextCache:
     """What the applier reads for every record of a service, kept for ``ttl`` seconds.
 
