@@ -17,7 +17,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Iterator
 
 from sqlalchemy import (
-    BigInteger, Boolean, Column, DateTime, ForeignKey, Index, Integer, MetaData,
+    BigInteger, Boolean, CheckConstraint, Column, DateTime, ForeignKey, Index, Integer, MetaData,
     Numeric, PrimaryKeyConstraint, SmallInteger, String, Table, Text, Time,
     TypeDecorator, UniqueConstraint, and_, case, cast, create_engine, event, func, literal, or_,
     select, text, tuple_, update,
@@ -245,16 +245,28 @@ sessions = _table(
     Index("ix_sessions_nas_closed", "nas", "closed"),
 )
 
+PERIOD_SUMS = ("upload_bytes", "download_bytes", "counted_bytes", "bonus_bytes", "free_bytes", "overuse_bytes",
+               "pending_overuse_bytes")
+
+
+def _whole_numbers(*names: str) -> list[CheckConstraint]:
+    """SQLite turns a sum beyond 2^63 - 1 into a float without a word: make it fail instead.
+
+    (MariaDB refuses it by itself: BIGINT UNSIGNED out of range.)
+    """
+    return [CheckConstraint(f"typeof({name}) = 'integer'", name=f"ck_{name}_whole").ddl_if(dialect="sqlite")
+            for name in names]
+
+
 periods = _table(
     "periods",
     Column("id", BIGINT_ID, primary_key=True, autoincrement=True),
     Column("service_id", INT, ForeignKey("services.id", name="fk_periods_service"), nullable=False),
     Column("period_start", UTCDateTime, nullable=False),
     Column("period_end", UTCDateTime, nullable=False),
-    *(Column(name, BIGINT, nullable=False, server_default=_default("0")) for name in (
-        "upload_bytes", "download_bytes", "counted_bytes", "bonus_bytes", "free_bytes", "overuse_bytes",
-        "pending_overuse_bytes")),
+    *(Column(name, BIGINT, nullable=False, server_default=_default("0")) for name in PERIOD_SUMS),
     UniqueConstraint("service_id", "period_start", name="uq_periods_service_start"),
+    *_whole_numbers(*PERIOD_SUMS),
 )
 
 buckets = _table(
@@ -272,6 +284,7 @@ buckets = _table(
     Column("created_at", UTCDateTime, nullable=False),
     UniqueConstraint("service_id", "kind", "period_start", name="uq_buckets_period"),
     Index("ix_buckets_service_valid", "service_id", "valid_until"),
+    *_whole_numbers("size", "used"),
 )
 
 history = _table(

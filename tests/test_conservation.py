@@ -169,6 +169,26 @@ def test_period_sums_beyond_2_63_stay_exact_integers(sqlite_engine, total):
     c.assert_conserved(sqlite_engine, c.oracle(applied), ["x"])
 
 
+def test_a_sum_sqlite_cannot_hold_is_refused_not_rounded(sqlite_engine):
+    """Below the parser (MAX_TOTAL), the schema itself refuses a period sum beyond 2^63 - 1 on
+    SQLite, which would otherwise store it as a float: the second record fails loudly."""
+    from sqlalchemy.exc import IntegrityError
+
+    from rlm_cap.counters import INTERIM, AccountingRecord
+    c.add_services(sqlite_engine, ["x"])
+    at = datetime.now(timezone.utc)
+
+    def apply(session):
+        record = AccountingRecord(INTERIM, N, session, "x", at, 0, 0, 2**62 + 1, 0, 10)
+        store.run_in_transaction(sqlite_engine, lambda conn: ledger.apply_record(conn, record))
+    apply("a")
+    with pytest.raises(IntegrityError, match="CHECK constraint failed"):
+        apply("b")
+    with sqlite_engine.begin() as conn:
+        (download,) = conn.execute(text("SELECT download_bytes FROM periods")).one()
+    assert download == 2**62 + 1 and isinstance(download, int)
+
+
 # --------------------------------------------------------------------------- through real FreeRADIUS
 
 @pytest.fixture(scope="module")
