@@ -161,7 +161,12 @@ class Enforcer:
             return
         rule, service, customer, plan_name, used, size = gathered
         context = notify.notification_context(service, customer, plan_name, used, size)
-        subject, body = notify.render_message(rule["subject"], rule["body"], context)
+        try:
+            subject, body = notify.render_message(rule["subject"], rule["body"], context)
+        except ValueError as error:  # the same template fails the same way on every retry
+            self._finish(action, FAILED, f"the rule's template cannot be rendered: {error}")
+            log.error("action=%s rule=%s template error=%s", action["id"], rule["id"], error)
+            return
         sent, problems = [], []
         for channel in (("email", "sms") if rule["channel"] == "both" else (rule["channel"],)):
             problem = self._deliver(channel, customer, subject, body)

@@ -362,7 +362,7 @@ def test_an_unsafe_template_in_the_database_fails_its_notification_not_the_enfor
         with engine.begin() as conn:
             store.add_nas(conn, "127.0.0.1", NAS_SECRET, "sim", "mikrotik", sim.port)
         apply(engine, *session_stream(NOW, [(11 * GB, 0)], nas="127.0.0.1"))
-        run = Enforcer(engine, EnforcerConfig(node="e1", coa_timeout=0.3, coa_attempts=1, max_attempts=1,
+        run = Enforcer(engine, EnforcerConfig(node="e1", coa_timeout=0.3, coa_attempts=1,
                                               smtp=Smtp(host="127.0.0.1", port=port, timeout=5)),
                        coa.Client(timeout=0.3, retries=1, backoff=0), Clock(NOW + timedelta(minutes=30)))
         done = run.run_once()
@@ -371,7 +371,9 @@ def test_an_unsafe_template_in_the_database_fails_its_notification_not_the_enfor
     with engine.begin() as conn:
         actions = store.list_actions(conn, world["service_id"])
     by_rule = {a["rule_id"]: a for a in actions if a["kind"] == "notify"}
+    # Failed at once: the same template fails the same way at every retry.
     assert by_rule[bad]["status"] == "failed" and "unsafe" in by_rule[bad]["result"]
+    assert by_rule[bad]["attempts"] == 1
     assert [a["status"] for a in actions if a["kind"] == "reduce"] == ["done"]
     assert len(inbox.envelopes) == 1 and "80% of Home internet" in inbox.body()  # the world's own rule
 
