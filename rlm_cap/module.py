@@ -161,6 +161,7 @@ class Module:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._db_down_since: float | None = None
+        self._down_for_writes = False  # the outage was seen by a write: only a write ends it
         self.applied: tuple[int, int] | None = None  # (generation, position) committed
         # Used by one thread only: the applier (journal) or FreeRADIUS under its module lock (sync).
         self.cache = ledger.ContextCache(config.cache_ttl)
@@ -272,9 +273,9 @@ class Module:
         while True:
             try:
                 self.refresh_state()
-                self._database_up()
+                self._database_up(wrote=False)
             except DBAPIError as error:
-                self._database_down(error)
+                self._database_down(error, wrote=False)
             except Exception as error:  # noqa: BLE001 - a bad row must not stop the refresher
                 self.log(ERROR, f"rlm_cap: state refresh failed: {error!r}")
             if self._stop.wait(self.config.state_refresh):
@@ -380,7 +381,7 @@ class Module:
             with self.engine.begin() as conn:
                 saved = store.journal_position(conn, self.config.node)
         except DBAPIError as error:
-            self._database_down(error)
+            self._database_down(error, wrote=False)
             return False, None
         return True, (None if saved is None else (journal.generation_of(saved[0]), saved[1]))
 
@@ -468,7 +469,7 @@ class Module:
         try:
             self.refresh_state()
         except DBAPIError as error:
-            self._database_down(error)
+            self._database_down(error, wrote=False)
 
     # ------------------------------------------------------------------ failures and outages
 
@@ -480,17 +481,22 @@ class Module:
             return True
         return False
 
-    def _database_down(self, error: Exception) -> None:
+    def _database_down(self, error: Exception, wrote: bool = True) -> None:
+        """``wrote`` False: a read failed (the state refresh)."""
         with self._outage_lock:  # three threads report; one line per outage
             if self._db_down_since is not None:
                 return
             self._db_down_since = time.monotonic()
+            self._down_for_writes = wrote
         reason = str(getattr(error, "orig", error)).splitlines()[0]
         self.log(ERROR, f"rlm_cap: database unavailable ({reason}); "
                         + ("records wait in the journal" if self.writer else "the NAS will retransmit"))
 
-    def _database_up(self) -> None:
+    def _database_up(self, wrote: bool = True) -> None:
+        """``wrote`` False: only a read worked, which says nothing of a full or read-only database."""
         with self._outage_lock:
+            if self._down_for_writes and not wrote:
+                return
             since, self._db_down_since = self._db_down_since, None
         if since is not None:
             self.log(INFO, f"rlm_cap: database back after {time.monotonic() - since:.1f} s")

@@ -822,3 +822,22 @@ def test_after_a_large_batch_the_applier_lets_the_journal_fill(records, pause):
     module = Module(Config(db_url="sqlite://", apply_interval=0.02, max_apply_interval=1.0, batch_size=10000),
                     lambda level, message: None)
     assert module._pause_after(records) == pytest.approx(pause)
+
+
+def test_an_outage_seen_by_writes_is_not_ended_by_a_read(db_url, world, modules, monkeypatch):
+    """A full or read-only database still answers reads: the state refresh must not log
+    'database back' every time while every write keeps failing."""
+    from sqlalchemy.exc import OperationalError
+    real = ledger.apply_record
+
+    def full(*args, **kwargs):
+        raise OperationalError("UPDATE", {}, Exception("database or disk is full"))
+    monkeypatch.setattr(ledger, "apply_record", full)
+    module = modules(db_url, mode="sync")
+    assert module.accounting(acct("Interim-Update", down=10, up=0, session_time=1), T0) == NOT_DURABLE
+    time.sleep(0.3)  # six state refreshes (state_refresh 0.05), each a successful read
+    assert len(errors(module, "database unavailable")) == 1
+    assert not [m for level, m in module.logs if "database back" in m]
+    monkeypatch.setattr(ledger, "apply_record", real)
+    assert module.accounting(acct("Interim-Update", down=10, up=0, session_time=1), T0 + 1) == OK
+    assert len([m for level, m in module.logs if "database back" in m]) == 1
