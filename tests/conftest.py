@@ -16,6 +16,7 @@ import socket
 import sys
 import threading
 import urllib.parse
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,26 +39,35 @@ NOW = datetime(2026, 11, 3, 10, 0, tzinfo=timezone.utc)
 GB = 10**9
 
 
-@pytest.fixture(scope="session")
-def mariadb_url():
+@contextmanager
+def new_mariadb_database(name: str):
+    """A new database ``name`` with the rlm_cap schema on the test server; dropped at the end."""
     admin = create_engine(MARIADB_SERVER + "/")
     try:
         with admin.begin() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS `{MARIADB_DATABASE}`"))
-            conn.execute(text(f"CREATE DATABASE `{MARIADB_DATABASE}` CHARACTER SET utf8mb4"))
+            conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+            conn.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
     except Exception as error:  # noqa: BLE001 - any failure to reach it means the same
         if os.environ.get("RLM_CAP_SKIP_MARIADB") == "1":
             pytest.skip("MariaDB skipped by RLM_CAP_SKIP_MARIADB=1")
         pytest.fail(f"MariaDB is not reachable at {MARIADB_SERVER} ({error}); "
                     "run `make test` (it installs and starts it) or `sh .ci/ensure-mariadb`")
-    url = f"{MARIADB_SERVER}/{MARIADB_DATABASE}"
+    url = f"{MARIADB_SERVER}/{name}"
     engine = store.make_engine(url)
     store.create_schema(engine)
     engine.dispose()
-    yield url
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP DATABASE IF EXISTS `{MARIADB_DATABASE}`"))
-    admin.dispose()
+    try:
+        yield url
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def mariadb_url():
+    with new_mariadb_database(MARIADB_DATABASE) as url:
+        yield url
 
 
 def _wipe(engine) -> None:

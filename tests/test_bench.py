@@ -5,21 +5,16 @@ from __future__ import annotations
 import os
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from bench import run
 
-from .conftest import MARIADB_SERVER
+from .conftest import new_mariadb_database
 
 
 @pytest.fixture
 def bench_db():
-    url = f"{MARIADB_SERVER}/rlm_cap_test_{os.getpid()}_bench"
-    yield url
-    admin = create_engine(MARIADB_SERVER + "/")
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP DATABASE IF EXISTS `rlm_cap_test_{os.getpid()}_bench`"))
-    admin.dispose()
+    with new_mariadb_database(f"rlm_cap_test_{os.getpid()}_bench") as url:
+        yield url
 
 
 def test_every_benchmark_runs_on_a_tiny_count_with_exact_totals(bench_db, tmp_path, capsys):

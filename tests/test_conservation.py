@@ -18,13 +18,13 @@ from dataclasses import replace
 from datetime import datetime, timezone
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from rlm_cap import ledger, store
 from rlm_cap.packets import MAX_TOTAL, parse_accounting
 
 from . import conservation as c
-from .conftest import MARIADB_SERVER
+from .conftest import new_mariadb_database
 from .harness import FreeRadius
 
 G = c.GIGAWORD
@@ -194,24 +194,8 @@ def test_a_sum_sqlite_cannot_hold_is_refused_not_rounded(sqlite_engine):
 @pytest.fixture(scope="module")
 def mariadb_database():
     """A database of this module's own on the test MariaDB server."""
-    name = f"rlm_cap_test_cons_{os.getpid()}"
-    admin = create_engine(MARIADB_SERVER + "/")
-    try:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
-            conn.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
-    except Exception as error:  # noqa: BLE001 - unreachable, whatever the reason
-        if os.environ.get("RLM_CAP_SKIP_MARIADB") == "1":
-            pytest.skip("MariaDB skipped by RLM_CAP_SKIP_MARIADB=1")
-        pytest.fail(f"MariaDB is not reachable at {MARIADB_SERVER} ({error}); run `make test`")
-    url = f"{MARIADB_SERVER}/{name}"
-    engine = store.make_engine(url)
-    store.create_schema(engine)
-    engine.dispose()
-    yield url
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
-    admin.dispose()
+    with new_mariadb_database(f"rlm_cap_test_cons_{os.getpid()}") as url:
+        yield url
 
 
 SERVERS = {"journal": ("journal", "mariadb"), "sync": ("sync", "mariadb"), "journal-sqlite": ("journal", "sqlite")}
