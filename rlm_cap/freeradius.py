@@ -29,6 +29,7 @@ _CODES = {
 }
 
 _module: Module | None = None
+_db_password: str | None = None  # read once at instantiate: a storm of bad packets logs a line each
 
 
 def _log(level: str, message: str) -> None:
@@ -48,12 +49,13 @@ def _scrub(text: str) -> str:
 
     The module never writes it; this guards against a driver or a bug that does.
     """
-    password = _password()
+    password = _db_password
     return text.replace(password, "***") if password and len(password) >= 4 else text
 
 
 def instantiate(_):
-    global _module
+    global _module, _db_password
+    _db_password = _password()
     try:
         check_url(str(dict(radiusd.config).get("db_url") or ""))
         _module = Module(Config.from_radiusd(dict(radiusd.config)), _log)

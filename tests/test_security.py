@@ -395,6 +395,14 @@ def test_module_log_lines_name_the_outage_but_not_the_password(adapter, mode):
     assert DB_PASSWORD not in logged
 
 
+def test_a_log_line_that_quotes_the_password_is_scrubbed(adapter):
+    """Guard against a driver or a bug putting the password into a message."""
+    freeradius, radiusd = adapter(f"mysql+pymysql://rlm_cap_test:{DB_PASSWORD}@127.0.0.1:3306/rlm_cap_test")
+    freeradius._log("error", f"rlm_cap: connect failed with password {DB_PASSWORD!r}")
+    assert "rlm_cap: connect failed with password '***'" in [m for _, m in radiusd.logged]
+    assert DB_PASSWORD not in "\n".join(m for _, m in radiusd.logged)
+
+
 def test_module_refuses_a_database_url_with_an_unescaped_at(monkeypatch, tmp_path):
     import importlib
 
