@@ -57,7 +57,7 @@ from sqlalchemy import create_engine, text
 
 from rlm_cap import store
 from tests import conservation as c
-from tests.harness import SECRET, FreeRadius
+from cli.lab import SECRET, FreeRadius
 
 # RFC 2865/2866/2869 attribute numbers
 USER_NAME, NAS_IP, FRAMED_IP, NAS_ID, STATUS, DELAY, IN_OCTETS, OUT_OCTETS, SESSION_ID = 1, 4, 8, 32, 40, 41, 42, 43, 44

@@ -26,10 +26,10 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from sqlalchemy import create_engine, text
 
+from cli.lab import FreeRadius
 from rlm_cap import store
 from rlm_cap.periods import parse_time_frame
 
-from .harness import FreeRadius
 
 MARIADB_SERVER = os.environ.get(
     "RLM_CAP_TEST_MARIADB_URL", "mysql+pymysql://rlm_cap_test:rlm_cap_test@127.0.0.1:3306")

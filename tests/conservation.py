@@ -45,10 +45,10 @@ from typing import Callable, Iterable
 from pyrad import packet as radius_packet
 from sqlalchemy import select
 
+from cli.lab import DICTIONARY, SECRET
 from rlm_cap import store
 from rlm_cap.periods import parse_time_frame
 
-from .harness import DICTIONARY, SECRET
 
 GIGAWORD = 2**32
 GB = 10**9

@@ -1,9 +1,8 @@
-"""Real parts for end-to-end tests: the lab (cli/lab.py) and a MariaDB of our own.
+"""A MariaDB of a test's own, for the tests that kill their database.
 
-FreeRadius, Nas, wait_for and friends live in ``cli.lab`` (``make demo`` uses
-them too) and are re-exported here under their old names. Every process
-started here is ended by its own PID, never by name; traffic goes to
-127.0.0.1 only, and every wait is bounded.
+FreeRADIUS, the NAS and the NAS simulator the tests drive are in ``cli.lab``
+(``make demo`` uses them too). The mariadbd started here is ended by its own
+PID, never by name.
 """
 
 from __future__ import annotations
@@ -17,10 +16,9 @@ from pathlib import Path
 
 import pymysql
 
-from cli.lab import DICTIONARY, SECRET, FreeRadius, Nas, free_port, wait_for
+from cli.lab import free_port, wait_for
 from rlm_cap import store
 
-__all__ = ["DICTIONARY", "SECRET", "FreeRadius", "Nas", "OwnMariaDB", "free_port", "wait_for"]
 
 
 class OwnMariaDB:

@@ -14,7 +14,7 @@ from pyrad import packet
 
 from enforcer import coa
 from enforcer.coa import ACK, NAK, SESSION_NOT_FOUND, TIMEOUT, Client, Nas, Session
-from tests.nas_simulator import NasSimulator
+from cli.lab import NasSimulator
 
 SECRET = "Zq7-sekrit-4711"
 SESSION = Session("alice@isp", "81a00005", framed_ip="10.0.0.7", nas_ip="192.0.2.1")

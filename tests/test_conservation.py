@@ -20,12 +20,12 @@ from datetime import datetime, timezone
 import pytest
 from sqlalchemy import text
 
+from cli.lab import FreeRadius
 from rlm_cap import ledger, store
 from rlm_cap.packets import MAX_TOTAL, parse_accounting
 
 from . import conservation as c
 from .conftest import new_mariadb_database
-from .harness import FreeRadius
 
 G = c.GIGAWORD
 N = "192.0.2.1"

@@ -7,11 +7,10 @@ from decimal import Decimal
 
 import pytest
 
+from cli.lab import Nas, NasSimulator, wait_for
 from rlm_cap import ledger, store
 
 from .conftest import GB
-from .harness import Nas, wait_for
-from .nas_simulator import NasSimulator
 from .test_e2e_radius import USER
 from .test_enforcer import SECRET, enforcer
 

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from cli.lab import FreeRadius, NasSimulator, wait_for
 from rlm_cap import store
 
 from . import conservation as c
 from .conftest import _wipe, make_world
-from .harness import FreeRadius, OwnMariaDB, wait_for
-from .nas_simulator import NasSimulator
+from .harness import OwnMariaDB
 
 USERS = [f"f-u{i}" for i in range(5)]
 NOBODY = "f-nobody"

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from pyrad import packet as radius_packet
 
+from cli.lab import SECRET, Nas, wait_for
 from rlm_cap import store
 
 from .conftest import GB
-from .harness import SECRET, Nas, wait_for
 
 USER = "alice@isp"
 

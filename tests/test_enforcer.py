@@ -15,7 +15,7 @@ from enforcer.notify import SmsGateway, Smtp
 from rlm_cap import counters, ledger, store
 
 from .conftest import GB, NOW
-from .nas_simulator import NasSimulator
+from cli.lab import NasSimulator
 from .test_ledger import actions, apply, history, record, session_stream
 
 SECRET = "nas-s3cret"

@@ -34,6 +34,7 @@ from pyrad import dictionary as pyrad_dictionary
 from pyrad import packet
 from sqlalchemy import select
 
+from cli.lab import SECRET, FreeRadius, Nas, NasSimulator, wait_for
 from enforcer import coa
 from enforcer.config import EnforcerConfig
 from enforcer.jobs import Enforcer
@@ -42,8 +43,6 @@ from rlm_cap import raddb, store, templates
 
 from .cli_helpers import fails
 from .conftest import GB, NOW
-from .harness import SECRET, FreeRadius, Nas, wait_for
-from .nas_simulator import NasSimulator
 from .test_fuzz_module import adapter  # noqa: F401 - the fixture: rlm_cap.freeradius against a stand-in radiusd
 from .test_ledger import apply, session_stream
 

@@ -17,12 +17,12 @@ import pytest
 from pyrad import packet as radius_packet
 from sqlalchemy import func, inspect, select
 
+from cli.lab import Nas, wait_for
 from rlm_cap import counters, ledger, store
 from rlm_cap.counters import AccountingRecord
 
 from .cli_helpers import fails, ok, ok_json
 from .conftest import GB, NOW
-from .harness import Nas, wait_for
 
 HOSTILE = [
     "O'Brien@isp", 'O"Brien@isp', "back\\slash@isp", "two\\\\backslashes", "trailing\\", "100%@isp", "%%", "_%",
